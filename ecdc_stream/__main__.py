@@ -1,0 +1,3 @@
+from ecdc_stream.cli import main
+
+raise SystemExit(main())
