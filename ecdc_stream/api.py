@@ -1,0 +1,198 @@
+"""Compress and decompress whole signals from Python.
+
+`compress(model, wav)` returns the bytes of an .ecdc stream and `decompress(data)` returns the
+audio and its sample rate. The `*_file` variants read and write files. Streams coded with the LM
+are acv=4 (chunked, CRC-framed, decodable identically on every machine) unless `legacy_lm=True`
+asks for the original EnCodec package's format. Streams without the LM are the original raw
+format, which the original package reads too.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from ecdc_stream.container import legacy
+from ecdc_stream.container.header import read_header, require_field
+from ecdc_stream.errors import InvalidArgumentError, InvalidAudioError, UnsupportedStreamError
+from ecdc_stream.model import EncodecModel, load_lm, load_model
+
+MODEL_ALIASES = {"24khz": "encodec_24khz", "48khz": "encodec_48khz"}
+DEFAULT_BANDWIDTH = 6.0
+DEFAULT_CHUNK_SECONDS = 1.0
+
+
+def resolve_model_name(name: str) -> str:
+    """Return the full model name for a command-line alias such as "24khz"."""
+    return MODEL_ALIASES.get(name, name)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Return the torch device to run on: `device` if given and available, else CPU.
+
+    Raises InvalidArgumentError for a device that this machine does not have.
+    """
+    if device is None:
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device 'cuda' was requested but torch finds no CUDA GPU; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgumentError("device 'mps' was requested but torch finds no Apple GPU; use --device cpu")
+    return device
+
+
+def prepare_audio(model: EncodecModel, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Check audio `[C, n]` for `model` and return it as float32 on the model's device.
+
+    Raises InvalidAudioError for a wrong shape or channel count, no samples, or NaN/inf samples.
+    """
+    wav = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav)
+    if wav.dim() != 2:
+        raise InvalidAudioError(f"audio must have shape [channels, samples], got {tuple(wav.shape)}")
+    if wav.shape[0] != model.channels:
+        raise InvalidAudioError(
+            f"model {model.name} takes {model.channels} channel(s), the audio has {wav.shape[0]}"
+        )
+    if wav.shape[1] == 0:
+        raise InvalidAudioError("audio is empty: it must hold at least one sample")
+    if not wav.is_floating_point():
+        raise InvalidAudioError(f"audio must be floating point in [-1, 1], got {wav.dtype}")
+    if not bool(torch.isfinite(wav).all()):
+        raise InvalidAudioError("audio contains NaN or infinite samples")
+    return wav.to(device=model.device, dtype=torch.float32)
+
+
+def compress_to_file(
+    model: EncodecModel,
+    wav: torch.Tensor | np.ndarray,
+    out: str | os.PathLike | BinaryIO,
+    *,
+    bandwidth: float = DEFAULT_BANDWIDTH,
+    use_lm: bool = True,
+    legacy_lm: bool = False,
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    tags: dict[str, str] | None = None,
+    weights_dir: str | os.PathLike | None = None,
+) -> None:
+    """Encode audio `[C, n]` at the model's rate into an .ecdc stream written to `out`.
+
+    bandwidth: in kbps, one of the model's `target_bandwidths`.
+    use_lm: entropy-code the codes with the LM (acv=4, or the original format with `legacy_lm`).
+    chunk_seconds: acv=4 chunk length; ignored by the original formats.
+    A path is written through a temporary file that replaces it only when complete.
+    """
+    if legacy_lm and not use_lm:
+        raise InvalidArgumentError("legacy_lm asks for the original LM format, which needs use_lm=True")
+    wav = prepare_audio(model, wav)
+    num_samples = wav.shape[-1]
+    segments = model.encode(wav[None], bandwidth)
+
+    def write(fo: BinaryIO) -> None:
+        if use_lm and not legacy_lm:
+            from ecdc_stream.container import acv4
+
+            acv4.write_model_stream(
+                fo,
+                model,
+                segments,
+                num_samples,
+                bandwidth=bandwidth,
+                chunk_seconds=chunk_seconds,
+                tags=tags or {},
+                weights_dir=weights_dir,
+            )
+        else:
+            lm = load_lm(model.name, weights_dir=weights_dir, device=model.device) if use_lm else None
+            legacy.write_legacy(fo, model, segments, num_samples, lm=lm)
+
+    if isinstance(out, (str, os.PathLike)):
+        write_atomically(Path(out), write)
+    else:
+        write(out)
+
+
+def compress(model: EncodecModel, wav: torch.Tensor | np.ndarray, **options: Any) -> bytes:
+    """Encode audio `[C, n]` into the bytes of an .ecdc stream; options as `compress_to_file`."""
+    buffer = io.BytesIO()
+    compress_to_file(model, wav, buffer, **options)
+    return buffer.getvalue()
+
+
+def decompress_from_file(
+    source: str | os.PathLike | BinaryIO,
+    *,
+    device: str | torch.device | None = None,
+    weights_dir: str | os.PathLike | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Decode an .ecdc stream into audio `[C, n]` (float32, on CPU) and its sample rate in Hz.
+
+    Reads acv=4 streams and both formats of the original EnCodec package. In an acv=4 stream a
+    chunk that fails its CRC becomes silence of exactly its duration.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open_stream(source) as fo:
+            return decompress_from_file(fo, device=device, weights_dir=weights_dir)
+
+    name = getattr(source, "name", "input")
+    metadata = read_header(source, source=str(name))
+    device = resolve_device(device)
+
+    if "acv" in metadata:
+        from ecdc_stream.container import acv4
+
+        if metadata["acv"] != 4:
+            raise UnsupportedStreamError(
+                f"{name} is coded as acv={metadata['acv']!r}; this version of ecdc-stream decodes acv=4 only"
+            )
+        return acv4.read_model_stream(source, metadata, device=device, weights_dir=weights_dir)
+
+    model_name = require_field(metadata, "m", str, source=str(name))
+    num_samples = require_field(metadata, "al", int, source=str(name))
+    use_lm = require_field(metadata, "lm", bool, source=str(name))
+    model = load_model(model_name, weights_dir=weights_dir, device=device)
+    lm = load_lm(model_name, weights_dir=weights_dir, device=device) if use_lm else None
+    segments = legacy.read_legacy(source, metadata, model, lm=lm)
+    wav = model.decode(segments, length=num_samples)
+    return wav[0].cpu(), model.sample_rate
+
+
+def decompress(data: bytes, **options: Any) -> tuple[torch.Tensor, int]:
+    """Decode the bytes of an .ecdc stream into audio `[C, n]` and its sample rate in Hz."""
+    return decompress_from_file(io.BytesIO(data), **options)
+
+
+def open_stream(path: str | os.PathLike) -> BinaryIO:
+    """Open an .ecdc file for reading, raising InvalidArgumentError if it cannot be opened."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"input file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidArgumentError(f"input {str(path)!r} is a directory, not an .ecdc file") from None
+    except PermissionError:
+        raise InvalidArgumentError(f"input file {str(path)!r} cannot be read: permission denied") from None
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Call `write(fo)` on a temporary file beside `path`, then rename it to `path`.
+
+    On any error the temporary file is removed, so no partial file is left under `path`.
+    """
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InvalidArgumentError(f"output folder {str(directory)!r} does not exist")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as fo:
+            write(fo)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,49 @@
+"""Options and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ecdc_stream.api import MODEL_ALIASES
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, bandwidth: bool = True) -> None:
+    """Add --model, --bandwidth, --device and --weights."""
+    parser.add_argument(
+        "--model",
+        default="24khz",
+        help=f"EnCodec model: {', '.join(MODEL_ALIASES)} (default: 24khz)",
+    )
+    if bandwidth:
+        parser.add_argument(
+            "--bandwidth",
+            type=float,
+            default=6.0,
+            metavar="KBPS",
+            help="target bandwidth in kbps: 1.5, 3, 6, 12 or 24 for 24khz; 3, 6, 12 or 24 for 48khz (default: 6)",
+        )
+    add_runtime_options(parser)
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Add --device, --weights and --quiet."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda", "mps"),
+        help="torch device for the networks (default: cpu)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="DIR",
+        default=None,
+        help="folder holding the published checkpoint files, for offline machines "
+        "(default: $ECDC_STREAM_WEIGHTS, else the torch hub cache)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress bars or summaries")
+
+
+def weights_dir(args: argparse.Namespace) -> str | None:
+    """Return the weights folder from --weights or ECDC_STREAM_WEIGHTS, or None for the default."""
+    return args.weights or os.environ.get("ECDC_STREAM_WEIGHTS") or None
