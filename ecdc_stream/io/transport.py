@@ -32,11 +32,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
+import secrets
 import struct
 import zlib
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
+from typing import Any, BinaryIO, Union
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ecdc_stream.container.header import encode_header, read_header
 from ecdc_stream.errors import EcdcError, InvalidArgumentError
@@ -490,3 +496,166 @@ def parse_url(text: str) -> TransportUrl:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise InvalidArgumentError(f"transport {text!r} has port {port_text!r}: use a number from 0 to 65535")
     return TransportUrl(scheme, host, int(port_text))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages shared by the transports
+
+
+class LinkFramer:
+    """Pipeline stage: framed chunks (`Packet`) in, link messages (`bytes`) out.
+
+    Sends the stream header before the first chunk and again every `header_every` chunks, and
+    `END_REPEATS` end messages when the input ends. `Arrival` records pass through with their
+    time, each message inheriting it.
+
+    metadata: the .ecdc header metadata of the stream.
+    end_totals: called at the end, returns `(number of chunks, total samples)` of the stream.
+    max_fragment_bytes: fragment size for datagrams, or None for byte streams.
+    """
+
+    def __init__(
+        self,
+        stream_id: int,
+        metadata: dict[str, Any],
+        end_totals: Callable[[], tuple[int, int]],
+        header_every: int = 4,
+        max_fragment_bytes: int | None = MAX_FRAGMENT_BYTES,
+    ):
+        if header_every < 1:
+            raise InvalidArgumentError(f"header interval is {header_every} chunks: give 1 or more")
+        self.stream_id = stream_id
+        self.metadata = metadata
+        self.end_totals = end_totals
+        self.header_every = header_every
+        self.max_fragment_bytes = max_fragment_bytes
+        self.messages = 0
+        self._chunks = 0
+        self._headers = 0
+
+    def frame(self, packet: Packet) -> list[bytes]:
+        """Return the messages for one chunk, preceded by the header when one is due."""
+        out = []
+        if self._chunks % self.header_every == 0:
+            out.append(header_message(self.stream_id, self.metadata, self._headers))
+            self._headers += 1
+        self._chunks += 1
+        out.extend(chunk_messages(self.stream_id, packet, self.max_fragment_bytes))
+        self.messages += len(out)
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Return the end messages (and a header, if no chunk was sent at all)."""
+        num_chunks, total_samples = self.end_totals()
+        out = [] if self._chunks else [header_message(self.stream_id, self.metadata, 0)]
+        out += [end_message(self.stream_id, num_chunks, total_samples)] * END_REPEATS
+        self.messages += len(out)
+        return out
+
+    async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
+        """Frame every packet from `receive` and send the messages to `send`."""
+        async with receive, send:
+            last_time: float | None = None
+            async for item in receive:
+                if isinstance(item, Arrival):
+                    last_time = item.time_s
+                    for message in self.frame(item.item):
+                        await send.send(Arrival(message, item.time_s))
+                else:
+                    for message in self.frame(item):
+                        await send.send(message)
+            for message in self.finish():
+                # On a virtual clock the end messages arrive with the last chunk.
+                await send.send(message if last_time is None else Arrival(message, last_time))
+
+
+def new_stream_id() -> int:
+    """Return a random stream id (u32) for one sender run."""
+    return secrets.randbits(32)
+
+
+class Pacer:
+    """Pipeline stage that lets item i through no earlier than i * interval_s / speed after the first.
+
+    Gives a file the pace of a live stream; `speed` 0 (or below) disables pacing.
+    """
+
+    def __init__(self, interval_s: float, speed: float = 1.0):
+        self.interval_s = interval_s
+        self.speed = speed
+
+    async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
+        async with receive, send:
+            start = None
+            index = 0
+            async for item in receive:
+                if self.speed > 0:
+                    now = anyio.current_time()
+                    start = now if start is None else start
+                    wait = start + index * self.interval_s / self.speed - now
+                    if wait > 0:
+                        await anyio.sleep(wait)
+                index += 1
+                await send.send(item)
+
+
+class ByteStreamReceiver:
+    """Shared receive loop of the byte-stream transports: decode, stamp and forward link events.
+
+    Ends `linger_s` after the end message, or when no byte arrived for `idle_timeout_s` once the
+    stream had started, or at the end of the byte stream when `end_on_close` is set.
+    """
+
+    def __init__(self, decoder: LinkDecoder, idle_timeout_s: float, linger_s: float):
+        self.decoder = decoder
+        self.stream = StreamDecoder(decoder)
+        self.idle_timeout_s = idle_timeout_s
+        self.linger_s = linger_s
+        self.bytes_received = 0
+        self.end_deadline: float | None = None
+
+    def timeout(self, started: bool) -> float:
+        """Seconds to wait for the next read before the receiver gives up."""
+        if self.end_deadline is not None:
+            return max(0.0, self.end_deadline - anyio.current_time())
+        return self.idle_timeout_s if started else math.inf
+
+    async def forward(self, data: bytes, send: MemoryObjectSendStream) -> None:
+        """Decode `data` and send the events it completes."""
+        self.bytes_received += len(data)
+        for event in self.stream.feed(data):
+            if isinstance(event, StreamEnd) and self.end_deadline is None:
+                self.end_deadline = anyio.current_time() + self.linger_s
+            await send.send(event)
+
+
+async def pipe_sink(receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream, output: BinaryIO) -> None:
+    """Pipeline stage: write link messages (`bytes`) to a binary file or pipe, such as standard output."""
+    async with receive, send:
+        async for message in receive:
+            data = message.item if isinstance(message, Arrival) else message
+            await anyio.to_thread.run_sync(_write_flush, output, data)
+
+
+def _write_flush(output: BinaryIO, data: bytes) -> None:
+    output.write(data)
+    output.flush()
+
+
+async def pipe_source(
+    receive: MemoryObjectReceiveStream,
+    send: MemoryObjectSendStream,
+    source: BinaryIO,
+    decoder: LinkDecoder,
+    read_bytes: int = 65536,
+) -> None:
+    """Pipeline stage: read a link byte stream from a binary file or pipe until its end, send link events."""
+    receiver = ByteStreamReceiver(decoder, math.inf, 0.0)
+    read = getattr(source, "read1", source.read)
+    async with receive, send:
+        while True:
+            data = await anyio.to_thread.run_sync(read, read_bytes)
+            if not data:
+                break
+            await receiver.forward(data, send)
+        receiver.stream.finish()

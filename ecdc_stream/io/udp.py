@@ -1,0 +1,146 @@
+"""UDP transport: one link message per datagram, on any host and port the caller names.
+
+The sender fragments chunks larger than `MAX_FRAGMENT_BYTES` (see `ecdc_stream.io.transport`
+for the message format); the receiver reassembles them, or drops a chunk whose fragments do not
+all arrive. Datagrams are at most `MAX_DATAGRAM_BYTES` (1232) bytes, so IP never fragments them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+
+import anyio
+from anyio.abc import SocketAttribute, UDPSocket
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ecdc_stream.io.transport import (
+    MAX_DATAGRAM_BYTES,
+    LinkDecoder,
+    StreamEnd,
+    TransportError,
+    TransportUrl,
+)
+
+logger = logging.getLogger(__name__)
+
+# A receive buffer of 4 MiB holds several seconds of any stream while the receiver is busy.
+RECEIVE_BUFFER_BYTES = 4 << 20
+
+
+class UdpSender:
+    """Pipeline sink: send each link message (`bytes`) as one datagram to `url`."""
+
+    def __init__(self, url: TransportUrl):
+        if url.scheme != "udp":
+            raise TransportError(f"{url} is not a udp:// address")
+        self.url = url
+        self.datagrams = 0
+        self.bytes_sent = 0
+
+    async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
+        """Send every message from `receive` until it ends."""
+        try:
+            sock = await anyio.create_connected_udp_socket(self.url.host, self.url.port)
+        except OSError as exc:
+            raise TransportError(f"cannot open a UDP socket to {self.url}: {exc.strerror or exc}") from None
+
+        async with receive, send, sock:
+            async for message in receive:
+                if len(message) > MAX_DATAGRAM_BYTES:
+                    raise ValueError(f"link message of {len(message)} bytes does not fit a datagram")
+                try:
+                    await sock.send(message)
+                except OSError as exc:
+                    # Nobody listening (ICMP port unreachable) is normal before a receiver starts.
+                    logger.debug("datagram to %s not sent: %s", self.url, exc)
+                    continue
+                self.datagrams += 1
+                self.bytes_sent += len(message)
+
+
+class UdpReceiver:
+    """Pipeline source: receive datagrams on `url`, decode them, send link events.
+
+    Bind with `await bind()` first to learn the port (port 0 picks a free one); `run` binds
+    itself otherwise. The source ends `linger_s` after the end message arrived (to collect
+    reordered stragglers), or when no datagram arrived for `idle_timeout_s` once the stream
+    started, which is how a receiver ends when every end message was lost.
+    """
+
+    def __init__(
+        self,
+        url: TransportUrl,
+        decoder: LinkDecoder | None = None,
+        idle_timeout_s: float = 10.0,
+        linger_s: float = 0.5,
+        start_timeout_s: float = math.inf,
+    ):
+        if url.scheme != "udp":
+            raise TransportError(f"{url} is not a udp:// address")
+        self.url = url
+        self.decoder = decoder if decoder is not None else LinkDecoder()
+        self.idle_timeout_s = idle_timeout_s
+        self.linger_s = linger_s
+        self.start_timeout_s = start_timeout_s
+        self.datagrams = 0
+        self.timed_out = False
+        self._socket: UDPSocket | None = None
+
+    async def bind(self) -> int:
+        """Open the socket and return the bound port."""
+        if self._socket is None:
+            try:
+                self._socket = await anyio.create_udp_socket(
+                    family=socket.AF_INET6 if ":" in self.url.host else socket.AF_INET,
+                    local_host=self.url.host,
+                    local_port=self.url.port,
+                )
+            except OSError as exc:
+                raise TransportError(f"cannot listen on {self.url}: {exc.strerror or exc}") from None
+            raw = self._socket.extra(SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        return self.port
+
+    @property
+    def port(self) -> int:
+        """The bound port (0 before `bind`)."""
+        return 0 if self._socket is None else int(self._socket.extra(SocketAttribute.local_port))
+
+    async def aclose(self) -> None:
+        """Close the socket."""
+        if self._socket is not None:
+            await self._socket.aclose()
+            self._socket = None
+
+    async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
+        """Receive until the stream ends or times out, sending each link event to `send`."""
+        await self.bind()
+        assert self._socket is not None
+        end_deadline: float | None = None
+
+        async with receive, send:
+            try:
+                while True:
+                    if end_deadline is not None:
+                        timeout = max(0.0, end_deadline - anyio.current_time())
+                    else:
+                        timeout = self.idle_timeout_s if self.datagrams else self.start_timeout_s
+
+                    datagram = None
+                    with anyio.move_on_after(timeout):
+                        datagram, _ = await self._socket.receive()
+                    if datagram is None:
+                        if end_deadline is None:
+                            self.timed_out = True
+                            logger.warning("no datagram for %.1f s: ending the stream", timeout)
+                        break
+
+                    self.datagrams += 1
+                    for event in self.decoder.feed_datagram(datagram):
+                        if isinstance(event, StreamEnd) and end_deadline is None:
+                            end_deadline = anyio.current_time() + self.linger_s
+                        await send.send(event)
+            finally:
+                await self.aclose()
