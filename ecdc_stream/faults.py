@@ -214,15 +214,22 @@ class FaultModel:
             else:
                 self._bad_state = u_burst_move < burst.p_enter
             lost = lost or u_burst_loss < (burst.loss_bad if self._bad_state else burst.loss_good)
+
+        # Damage is drawn for dropped packets too, for the same reason.
+        data = packet.data
+        truncated = u_truncate < config.truncate and bool(data)
+        if truncated:
+            data = data[: int(u_cut * len(data))]
+        data, bit_errors = self._flip_bits(data)
+
         if lost:
             self.record.dropped.append(packet.sequence)
             return
-
-        data = packet.data
-        if u_truncate < config.truncate and data:
-            data = data[: int(u_cut * len(data))]
+        if truncated:
             self.record.truncated.append(packet.sequence)
-        data = self._flip_bits(packet.sequence, data)
+        if bit_errors:
+            self.record.corrupted.append(packet.sequence)
+            self.record.bit_errors += bit_errors
         damaged = Packet(packet.sequence, data) if data is not packet.data else packet
 
         due = now + (config.delay_ms + extra_ms) / 1000.0
@@ -234,19 +241,18 @@ class FaultModel:
             self.record.duplicated.append(packet.sequence)
             self._schedule(due, damaged, False)
 
-    def _flip_bits(self, sequence: int, data: bytes) -> bytes:
+    def _flip_bits(self, data: bytes) -> tuple[bytes, int]:
+        """Flip each bit of `data` with probability `ber`; return the data and the number flipped."""
         bits = 8 * len(data)
         count = int(self._rng_ber.binomial(bits, self.config.ber)) if bits and self.config.ber > 0 else 0
         if count == 0:
-            return data
+            return data, 0
 
         positions = self._rng_ber.choice(bits, size=count, replace=False)
         flipped = bytearray(data)
         for position in positions.tolist():
             flipped[position >> 3] ^= 1 << (position & 7)
-        self.record.corrupted.append(sequence)
-        self.record.bit_errors += count
-        return bytes(flipped)
+        return bytes(flipped), count
 
     def _schedule(self, due: float, packet: Packet, hold: bool) -> None:
         heapq.heappush(self._heap, _Scheduled(due, self._order, packet, hold))
