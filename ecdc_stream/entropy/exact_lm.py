@@ -1,0 +1,547 @@
+"""The EnCodec LM in exact integer arithmetic.
+
+Same architecture and checkpoint as the reference LM: the sum of one embedding per codebook of
+the previous frame's codes (1 + code, 0 at the first frame), a LayerNorm, a sinusoidal position
+embedding, post-norm transformer layers (8 heads, GELU, attention to the frame itself and at
+most `past_context` previous frames), and one linear output per codebook. Like the reference,
+a stream also attends to one all-zero frame before its first frame, until that frame leaves the
+past context.
+
+Every value that reaches a logit is an exact function of the checkpoint and the previous codes:
+
+- Weights are fixed-point integers, round half to even of w * 2^WEIGHT_FRAC_BITS, computed in
+  float64, where scaling a float32 by a power of two is exact.
+- Activations are int64. Matrix products run in float64 on integers, clamped beforehand so
+  that the sum of the absolute products stays below 2^53: then every partial sum is an exact
+  integer, whatever order the BLAS, the thread count or the device uses. Every product goes
+  through `integer_matmul`, so that a test can replace it by one that sums in another order.
+- LayerNorm divides by an integer square root; exp, GELU, sine and cosine come from the exact
+  tables of `ecdc_stream.entropy.tables`. Divisions are integer floor divisions; the only float
+  operations besides the products are sqrt and frexp of integers, whose results are corrected or
+  used only to pick a power of two.
+
+`NUMERICS_VERSION` names this arithmetic. Any change to a constant, a table or an operation
+order that can change a logit needs a new version, because streams record the version that
+coded them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from ecdc_stream.entropy import tables
+from ecdc_stream.entropy.cdf import LOGIT_FRAC_BITS
+from ecdc_stream.errors import ModelNotFoundError
+
+NUMERICS_VERSION = 1
+SUPPORTED_NUMERICS = (1,)
+
+# Fixed-point formats: a value v is stored as the integer v * 2^bits.
+WEIGHT_FRAC_BITS = 16  # weights and LayerNorm gains
+ACT_FRAC_BITS = 12  # activations, queries, keys, values, position embeddings
+NORM_FRAC_BITS = 16  # LayerNorm output before its gain
+SCORE_FRAC_BITS = 8  # attention scores, in units of 2^-8 (the scale factor included)
+ATTENTION_EXP_BITS = 20  # attention weights are round(2^20 * exp(-score difference))
+QUERY_SCALE_BITS = 20  # 1/sqrt(head_dim) as an integer over 2^20
+TEMPERATURE_BITS = 16  # 1/temperature as an integer over 2^16
+
+# A product of activations and weights carries this many fractional bits.
+PRODUCT_FRAC_BITS = ACT_FRAC_BITS + WEIGHT_FRAC_BITS
+
+# Every float64 product keeps the sum of its absolute terms below this, so it is exact.
+EXACT_SUM_LIMIT = (1 << 53) - 1
+
+# LayerNorm inputs are clamped to +-4096 (2^24 at 12 fractional bits): centred values then stay
+# below 2^25 and their squared sum over at most 2^10 channels below 2^60.
+NORM_INPUT_LIMIT = 1 << (ACT_FRAC_BITS + 12)
+MAX_DIM = 1024
+
+# Pre-activation values (before the query scale, temperature and GELU) are clamped to +-2^12
+# in value, so that multiplying them by a 20-bit factor stays inside int64.
+PRE_SCALE_LIMIT = 1 << (PRODUCT_FRAC_BITS + 12)
+GELU_INPUT_LIMIT = 1 << (ACT_FRAC_BITS + 20)
+LOGIT_LIMIT = 1 << (LOGIT_FRAC_BITS + 24)
+
+# Finite float32 gains beyond 2^10 cannot come from training; clamping them keeps products in int64.
+GAIN_LIMIT = 1 << (WEIGHT_FRAC_BITS + 10)
+
+LAYER_NORM_EPS = 1e-5
+MAX_PERIOD = 10000
+
+# Queries of a teacher-forced pass are processed in blocks of this many frames, which bounds the
+# attention matrix to [batch, heads, block, block + past_context + 1].
+QUERY_BLOCK = 256
+
+
+def integer_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Multiply float64 matrices that hold integers: `[..., n, k] @ [..., k, m]`.
+
+    Exact in any summation order as long as, for every output, the sum of |a_ik * b_kj| is below
+    2^53; every caller clamps its inputs to guarantee it. This is the only place where the exact
+    LM multiplies matrices.
+    """
+    return torch.matmul(a, b)
+
+
+def _round_shift(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Divide an int64 tensor by 2^bits, rounding halves up."""
+    return (x + (1 << (bits - 1))) >> bits
+
+
+def _round_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Divide int64 tensors with a positive denominator, rounding halves up."""
+    return torch.div(2 * numerator + denominator, 2 * denominator, rounding_mode="floor")
+
+
+def _isqrt(n: torch.Tensor) -> torch.Tensor:
+    """Return floor(sqrt(n)) of an int64 tensor with 0 <= n < 2^62.
+
+    The float64 estimate is within one of the answer (its error is below 2^-20 at roots below
+    2^31), and one integer comparison in each direction corrects it.
+    """
+    root = torch.floor(torch.sqrt(n.to(torch.float64))).to(torch.int64)
+    root = root - (root * root > n).to(torch.int64)
+    return root + ((root + 1) * (root + 1) <= n).to(torch.int64)
+
+
+def _fixed_point(tensor: torch.Tensor, bits: int, name: str) -> torch.Tensor:
+    """Round half to even tensor * 2^bits to int64, on the CPU."""
+    values = tensor.detach().to("cpu", torch.float64)
+    if not torch.isfinite(values).all():
+        raise ModelNotFoundError(f"LM checkpoint tensor {name!r} holds NaN or infinite values: the file is corrupt")
+    scaled = values * (1 << bits)
+    if scaled.abs().max() >= 2.0**62:
+        raise ModelNotFoundError(f"LM checkpoint tensor {name!r} holds values too large for the exact LM")
+    return torch.round(scaled).to(torch.int64)
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """A linear layer: `weight` float64 `[n_in, n_out]` of integers at 2^WEIGHT_FRAC_BITS,
+    `bias` int64 `[n_out]` at 2^PRODUCT_FRAC_BITS, and the clamp `input_limit` of its input."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    input_limit: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply to int64 `[..., n_in]` at 2^ACT_FRAC_BITS; returns int64 at 2^PRODUCT_FRAC_BITS."""
+        clamped = torch.clamp(x, -self.input_limit, self.input_limit).to(torch.float64)
+        return integer_matmul(clamped, self.weight).to(torch.int64) + self.bias
+
+
+def _make_linear(weight: torch.Tensor, bias: torch.Tensor, name: str, device: torch.device) -> _Linear:
+    fixed_weight = _fixed_point(weight, WEIGHT_FRAC_BITS, f"{name}.weight")
+    fixed_bias = _fixed_point(bias, PRODUCT_FRAC_BITS, f"{name}.bias")
+
+    # The largest sum of |w| over one output bounds every output's sum of |x * w|.
+    row_sum = int(fixed_weight.abs().sum(dim=1).max())
+    input_limit = EXACT_SUM_LIMIT // max(row_sum, 1)
+    if input_limit < 1 << (ACT_FRAC_BITS + 8):
+        raise ModelNotFoundError(
+            f"LM checkpoint tensor {name + '.weight'!r} has rows summing to {row_sum / 2**WEIGHT_FRAC_BITS:.0f} "
+            "in absolute value, too large for the exact LM"
+        )
+    return _Linear(
+        weight=fixed_weight.t().contiguous().to(device, torch.float64),
+        bias=fixed_bias.to(device),
+        input_limit=input_limit,
+    )
+
+
+@dataclass(frozen=True)
+class _Norm:
+    """A LayerNorm: `gain` int64 `[dim]` at 2^WEIGHT_FRAC_BITS, `bias` int64 at 2^ACT_FRAC_BITS,
+    and `eps_term` = eps * dim * 2^(2 ACT_FRAC_BITS), the epsilon in the units of the squared sum."""
+
+    gain: torch.Tensor
+    bias: torch.Tensor
+    eps_term: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise int64 `[..., dim]` at 2^ACT_FRAC_BITS over its last axis."""
+        dim = x.shape[-1]
+        x = torch.clamp(x, -NORM_INPUT_LIMIT, NORM_INPUT_LIMIT)
+
+        # Centre on the floored mean: |centred| < 2^25, so the squared sum is below 2^60.
+        mean = torch.div(x.sum(dim=-1, keepdim=True), dim, rounding_mode="floor")
+        centred = x - mean
+        energy = (centred * centred).sum(dim=-1, keepdim=True) + self.eps_term
+
+        # Scale the energy by 4^shift into [2^58, 2^61), where its root keeps 24 bits or more.
+        # frexp of the rounded float gives the bit length or one more, both safe here.
+        _, exponent = torch.frexp(energy.to(torch.float64))
+        shift = torch.clamp(torch.div(61 - exponent.to(torch.int64), 2, rounding_mode="floor"), min=0)
+        root = _isqrt(torch.div(energy << (2 * shift), dim, rounding_mode="floor"))
+
+        # root ~ std * 2^(ACT_FRAC_BITS + shift), so centred * 2^(NORM_FRAC_BITS + shift) / root
+        # is the normalised value at 2^NORM_FRAC_BITS. |centred| * 2^shift < 2^31 bounds the numerator.
+        normalised = _round_divide(centred << (NORM_FRAC_BITS + shift), root)
+        scaled = _round_shift(normalised * self.gain, NORM_FRAC_BITS + WEIGHT_FRAC_BITS - ACT_FRAC_BITS)
+        return scaled + self.bias
+
+
+def _make_norm(weight: torch.Tensor, bias: torch.Tensor, name: str, device: torch.device) -> _Norm:
+    dim = int(weight.shape[0])
+    gain = torch.clamp(_fixed_point(weight, WEIGHT_FRAC_BITS, f"{name}.weight"), -GAIN_LIMIT, GAIN_LIMIT)
+    fixed_bias = torch.clamp(_fixed_point(bias, ACT_FRAC_BITS, f"{name}.bias"), -NORM_INPUT_LIMIT, NORM_INPUT_LIMIT)
+    eps_term = max(1, round(Fraction(LAYER_NORM_EPS) * dim * (1 << (2 * ACT_FRAC_BITS))))
+    return _Norm(gain=gain.to(device), bias=fixed_bias.to(device), eps_term=eps_term)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    in_proj: _Linear
+    out_proj: _Linear
+    linear1: _Linear
+    linear2: _Linear
+    norm1: _Norm
+    norm2: _Norm
+
+
+@dataclass
+class ExactLMState:
+    """The key/value cache of a batch of streams decoded step by step.
+
+    keys, values: one float64 tensor `[B, heads, capacity, head_dim]` per layer, holding integers;
+    slot 0 is the all-zero frame before the stream, slot t + 1 is frame t.
+    frames: how many frames have been stepped (the next frame's position).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    frames: int = 0
+
+
+class ExactLM:
+    """The EnCodec LM in exact integer arithmetic, for the first `num_codebooks` codebooks.
+
+    state_dict: the reference LM's state dict (float tensors; any device).
+    num_codebooks: K, how many codebooks are coded (at most the checkpoint's).
+    past_context: how many previous frames a frame attends to (the reference uses
+        int(3.5 * frame_rate): 262 at 24 kHz, 525 at 48 kHz).
+    temperature: the logits are divided by it; quantized to a multiple of 2^-16 of its inverse.
+    Raises ModelNotFoundError when the state dict lacks a key, has inconsistent shapes, or holds
+    values the integer arithmetic cannot represent.
+    """
+
+    def __init__(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        num_codebooks: int,
+        past_context: int,
+        num_heads: int = 8,
+        temperature: float = 1.0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self._read_shapes(state_dict, num_codebooks, num_heads)
+        if past_context < 1:
+            raise ValueError(f"past context {past_context} must be at least 1 frame")
+        if not 0.25 <= temperature <= 4.0:
+            raise ValueError(f"temperature {temperature} is outside [0.25, 4]")
+        self.past_context = past_context
+        self.temperature = temperature
+        self.temperature_factor = round(Fraction(1 << TEMPERATURE_BITS) / Fraction(temperature))
+
+        self._convert(state_dict)
+        self._exp = torch.from_numpy(tables.exp_table(SCORE_FRAC_BITS, ATTENTION_EXP_BITS).copy()).to(self.device)
+        self._phi = torch.from_numpy(tables.normal_cdf_table().copy()).to(self.device)
+        self._positions = torch.zeros(0, self.dim, dtype=torch.int64, device=self.device)
+        self._fingerprint: str | None = None
+
+    def _read_shapes(self, state_dict: dict[str, torch.Tensor], num_codebooks: int, num_heads: int) -> None:
+        try:
+            self.dim = int(state_dict["transformer.norm_in.weight"].shape[0])
+            self.card = int(state_dict["emb.0.weight"].shape[0]) - 1
+        except KeyError as exc:
+            raise ModelNotFoundError(f"LM checkpoint lacks the key {exc.args[0]!r}: it is not an EnCodec LM") from None
+
+        layer_numbers = {int(m.group(1)) for key in state_dict if (m := re.match(r"transformer\.layers\.(\d+)\.", key))}
+        codebooks = {int(m.group(1)) for key in state_dict if (m := re.match(r"emb\.(\d+)\.weight$", key))}
+        self.num_layers = len(layer_numbers)
+        self.checkpoint_codebooks = len(codebooks)
+        if layer_numbers != set(range(self.num_layers)) or codebooks != set(range(self.checkpoint_codebooks)):
+            raise ModelNotFoundError("LM checkpoint has gaps in its layer or codebook numbering: it is corrupt")
+        if not 1 <= num_codebooks <= self.checkpoint_codebooks:
+            raise ValueError(f"{num_codebooks} codebooks requested, the LM checkpoint has {self.checkpoint_codebooks}")
+        if self.dim > MAX_DIM or self.dim % num_heads or (self.dim // 2) < 2:
+            raise ModelNotFoundError(
+                f"LM dimension {self.dim} is not supported: it must be at most {MAX_DIM}, "
+                f"at least 4 and a multiple of {num_heads} heads"
+            )
+        self.num_codebooks = num_codebooks
+        self.num_heads = num_heads
+        self.head_dim = self.dim // num_heads
+
+    def _convert(self, state_dict: dict[str, torch.Tensor]) -> None:
+        def tensor(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+            if key not in state_dict:
+                raise ModelNotFoundError(f"LM checkpoint lacks the key {key!r}")
+            value = state_dict[key]
+            if tuple(value.shape) != shape:
+                raise ModelNotFoundError(f"LM checkpoint tensor {key!r} has shape {tuple(value.shape)}, expected {shape}")
+            return value
+
+        dim, card, device = self.dim, self.card, self.device
+        self._fixed: list[tuple[str, torch.Tensor]] = []
+
+        self.norm_in = _make_norm(tensor("transformer.norm_in.weight", (dim,)), tensor("transformer.norm_in.bias", (dim,)), "transformer.norm_in", device)
+        self.layers: list[_Layer] = []
+        for index in range(self.num_layers):
+            prefix = f"transformer.layers.{index}."
+            hidden = int(tensor(prefix + "linear1.weight", tuple(state_dict[prefix + "linear1.weight"].shape)).shape[0]) if prefix + "linear1.weight" in state_dict else 0
+
+            def linear(name: str, n_out: int, n_in: int) -> _Linear:
+                weight_key = prefix + (name + "_weight" if name == "self_attn.in_proj" else name + ".weight")
+                bias_key = prefix + (name + "_bias" if name == "self_attn.in_proj" else name + ".bias")
+                return _make_linear(tensor(weight_key, (n_out, n_in)), tensor(bias_key, (n_out,)), prefix + name, device)
+
+            def norm(name: str) -> _Norm:
+                return _make_norm(tensor(prefix + name + ".weight", (dim,)), tensor(prefix + name + ".bias", (dim,)), prefix + name, device)
+
+            self.layers.append(
+                _Layer(
+                    in_proj=linear("self_attn.in_proj", 3 * dim, dim),
+                    out_proj=linear("self_attn.out_proj", dim, dim),
+                    linear1=linear("linear1", hidden, dim),
+                    linear2=linear("linear2", dim, hidden),
+                    norm1=norm("norm1"),
+                    norm2=norm("norm2"),
+                )
+            )
+
+        embeddings = [_fixed_point(tensor(f"emb.{k}.weight", (card + 1, dim)), ACT_FRAC_BITS, f"emb.{k}.weight") for k in range(self.num_codebooks)]
+        self.embeddings = torch.stack(embeddings).clamp(-NORM_INPUT_LIMIT, NORM_INPUT_LIMIT).to(device)
+        weights = [tensor(f"linears.{k}.weight", (card, dim)) for k in range(self.num_codebooks)]
+        biases = [tensor(f"linears.{k}.bias", (card,)) for k in range(self.num_codebooks)]
+        self.output = _make_linear(torch.cat(weights), torch.cat(biases), "linears", device)
+
+        # 1/sqrt(head_dim) as an integer over 2^QUERY_SCALE_BITS, by integer square root.
+        self.query_scale = math.isqrt((1 << (2 * QUERY_SCALE_BITS)) // self.head_dim)
+        self.query_key_limit = math.isqrt(EXACT_SUM_LIMIT // self.head_dim)
+
+    @property
+    def value_limit(self) -> int:
+        """The clamp of values, so that sum(weight * |value|) over the window stays below 2^53."""
+        return EXACT_SUM_LIMIT // ((self.past_context + 1) << ATTENTION_EXP_BITS)
+
+    def fingerprint(self) -> str:
+        """Return a SHA-256 hex digest of the integer weights and the numerics version.
+
+        Two LMs with the same fingerprint give the same logits; streams record it so that a
+        decoder with another checkpoint reports the mismatch instead of decoding garbage.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(f"exact-lm numerics {NUMERICS_VERSION} heads {self.num_heads}".encode())
+            tensors = [self.norm_in.gain, self.norm_in.bias]
+            for layer in self.layers:
+                for linear in (layer.in_proj, layer.out_proj, layer.linear1, layer.linear2):
+                    tensors += [linear.weight, linear.bias]
+                for norm in (layer.norm1, layer.norm2):
+                    tensors += [norm.gain, norm.bias]
+            tensors += [self.embeddings, self.output.weight, self.output.bias]
+            for value in tensors:
+                array = value.detach().to("cpu", torch.int64).numpy()
+                digest.update(str(array.shape).encode())
+                digest.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    # The forward pass, shared by teacher forcing and stepping.
+
+    def _position_rows(self, start: int, stop: int) -> torch.Tensor:
+        if self._positions.shape[0] < stop:
+            length = max(stop, 2 * self._positions.shape[0], 256)
+            table = tables.sinusoid_table(self.dim, length, ACT_FRAC_BITS, MAX_PERIOD)
+            self._positions = torch.from_numpy(table.copy()).to(self.device)
+        return self._positions[start:stop]
+
+    def _embed(self, inputs: torch.Tensor, start: int) -> torch.Tensor:
+        """Embed input indices `[B, K, T]` (1 + previous code, 0 first) at positions start.. ."""
+        summed = self.embeddings[0][inputs[:, 0]]
+        for k in range(1, self.num_codebooks):
+            summed = summed + self.embeddings[k][inputs[:, k]]
+        return self.norm_in(summed) + self._position_rows(start, start + inputs.shape[-1])
+
+    def _project(self, layer: _Layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return float64 queries, keys and values `[B, heads, T, head_dim]` for `[B, T, dim]`."""
+        batch, frames, _ = x.shape
+        projected = layer.in_proj(x).view(batch, frames, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        queries = torch.clamp(projected[0], -PRE_SCALE_LIMIT, PRE_SCALE_LIMIT) * self.query_scale
+        queries = _round_shift(queries, PRODUCT_FRAC_BITS + QUERY_SCALE_BITS - ACT_FRAC_BITS)
+        keys = _round_shift(projected[1], PRODUCT_FRAC_BITS - ACT_FRAC_BITS)
+        values = _round_shift(projected[2], PRODUCT_FRAC_BITS - ACT_FRAC_BITS)
+        limit = self.query_key_limit
+        return (
+            torch.clamp(queries, -limit, limit).to(torch.float64),
+            torch.clamp(keys, -limit, limit).to(torch.float64),
+            torch.clamp(values, -self.value_limit, self.value_limit).to(torch.float64),
+        )
+
+    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of float64 queries `[B, H, Tq, hd]` over keys and values `[B, H, Tk, hd]`.
+
+        mask: bool `[Tq, Tk]`, True where a query may attend, or None for all. Returns int64
+        `[B, Tq, H * hd]` at 2^ACT_FRAC_BITS.
+        """
+        # Scores: queries and keys are below query_key_limit, so the products are exact. The
+        # query scale makes them scores * 2^(2 ACT_FRAC_BITS).
+        scores = _round_shift(integer_matmul(queries, keys.transpose(-1, -2)).to(torch.int64), 2 * ACT_FRAC_BITS - SCORE_FRAC_BITS)
+        last = self._exp.numel() - 1
+        if mask is None:
+            offsets = scores.amax(dim=-1, keepdim=True) - scores
+        else:
+            lowest = torch.iinfo(torch.int64).min // 2
+            scores = torch.where(mask, scores, lowest)
+            offsets = torch.where(mask, scores.amax(dim=-1, keepdim=True) - scores, last)
+        weights = self._exp[torch.clamp(offsets, max=last)]
+
+        # Each row has a weight of 2^ATTENTION_EXP_BITS (its maximum) and at most past_context + 1
+        # nonzero weights, and values are below value_limit, so the weighted sum is exact.
+        numerators = integer_matmul(weights.to(torch.float64), values).to(torch.int64)
+        attended = _round_divide(numerators, weights.sum(dim=-1, keepdim=True))
+        batch, heads, frames, head_dim = attended.shape
+        return attended.permute(0, 2, 1, 3).reshape(batch, frames, heads * head_dim)
+
+    def _finish_layer(self, layer: _Layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Apply the output projection, both residual connections, norms and the feed-forward."""
+        x = layer.norm1(x + _round_shift(layer.out_proj(attended), WEIGHT_FRAC_BITS))
+        hidden = _round_shift(layer.linear1(x), WEIGHT_FRAC_BITS)
+        hidden = self._gelu(torch.clamp(hidden, -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
+        return layer.norm2(x + _round_shift(layer.linear2(hidden), WEIGHT_FRAC_BITS))
+
+    def _gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU of int64 at 2^ACT_FRAC_BITS: x * Phi(x), Phi linearly interpolated in its table."""
+        reach = tables.PHI_RANGE << ACT_FRAC_BITS
+        step_shift = ACT_FRAC_BITS - tables.PHI_STEP_BITS
+        inside = torch.clamp(x, -reach, reach - 1)
+        steps = inside >> step_shift
+        fraction = inside - (steps << step_shift)
+        index = steps + (tables.PHI_RANGE << tables.PHI_STEP_BITS)
+        left = self._phi[index]
+        phi = left + (((self._phi[index + 1] - left) * fraction) >> step_shift)
+        return _round_shift(x * phi, tables.PHI_BITS)
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Map final hidden states int64 `[B, T, dim]` to logits int64 `[B, T, K, card]`.
+
+        Logits are in units of 2^-LOGIT_FRAC_BITS nats, divided by the temperature.
+        """
+        batch, frames, _ = hidden.shape
+        raw = torch.clamp(self.output(hidden), -PRE_SCALE_LIMIT, PRE_SCALE_LIMIT) * self.temperature_factor
+        logits = _round_shift(raw, PRODUCT_FRAC_BITS + TEMPERATURE_BITS - LOGIT_FRAC_BITS)
+        return torch.clamp(logits, -LOGIT_LIMIT, LOGIT_LIMIT).view(batch, frames, self.num_codebooks, self.card)
+
+    # Teacher forcing: every frame of a chunk at once.
+
+    def hidden_states(self, codes: torch.Tensor) -> torch.Tensor:
+        """Run the transformer over whole chunks of codes int64 `[B, K, T]`, causally.
+
+        Returns int64 `[B, T, dim]`: the state at frame t depends on codes before frame t only.
+        """
+        codes = self._check_codes(codes)
+        batch, _, frames = codes.shape
+        inputs = torch.zeros_like(codes)
+        inputs[:, :, 1:] = codes[:, :, :-1] + 1
+        x = self._embed(inputs, 0)
+        zero_frame = torch.zeros(batch, 1, self.dim, dtype=torch.int64, device=self.device)
+
+        for layer in self.layers:
+            queries, keys, values = self._project(layer, x)
+            _, zero_keys, zero_values = self._project(layer, zero_frame)
+            keys = torch.cat([zero_keys, keys], dim=2)
+            values = torch.cat([zero_values, values], dim=2)
+
+            # Query frame t sits at key position t + 1 and sees key positions
+            # t + 1 - past_context .. t + 1.
+            blocks = []
+            for start in range(0, frames, QUERY_BLOCK):
+                stop = min(start + QUERY_BLOCK, frames)
+                first_key = max(0, start + 1 - self.past_context)
+                query_positions = torch.arange(start + 1, stop + 1, device=self.device).view(-1, 1)
+                key_positions = torch.arange(first_key, stop + 1, device=self.device).view(1, -1)
+                delta = query_positions - key_positions
+                mask = (delta >= 0) & (delta <= self.past_context)
+                blocks.append(
+                    self._attend(queries[:, :, start:stop], keys[:, :, first_key : stop + 1], values[:, :, first_key : stop + 1], mask)
+                )
+            x = self._finish_layer(layer, x, torch.cat(blocks, dim=1) if len(blocks) != 1 else blocks[0])
+        return x
+
+    def logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """Return the logits of every frame of chunks `[B, K, T]` as int64 `[B, T, K, card]`."""
+        return self.output_logits(self.hidden_states(codes))
+
+    def _check_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        codes = torch.as_tensor(codes, dtype=torch.int64, device=self.device)
+        if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
+            raise ValueError(f"codes have shape {tuple(codes.shape)}, expected [batch, {self.num_codebooks}, frames]")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.card):
+            raise ValueError(f"codes must be in [0, {self.card}), got values in [{int(codes.min())}, {int(codes.max())}]")
+        return codes
+
+    # Stepping: one frame of a batch of streams at a time, with a key/value cache.
+
+    def start(self, batch_size: int, max_frames: int = 0) -> ExactLMState:
+        """Return the state before the first frame of `batch_size` streams.
+
+        max_frames: how many frames the streams are expected to run, to size the cache; it grows
+        past that when needed.
+        """
+        capacity = max(max_frames, 1) + 1
+        zero_frame = torch.zeros(batch_size, 1, self.dim, dtype=torch.int64, device=self.device)
+        keys, values = [], []
+        for layer in self.layers:
+            _, zero_keys, zero_values = self._project(layer, zero_frame)
+            key_cache = torch.zeros(batch_size, self.num_heads, capacity, self.head_dim, dtype=torch.float64, device=self.device)
+            value_cache = torch.zeros_like(key_cache)
+            key_cache[:, :, :1] = zero_keys
+            value_cache[:, :, :1] = zero_values
+            keys.append(key_cache)
+            values.append(value_cache)
+        return ExactLMState(keys=keys, values=values, frames=0)
+
+    def step(self, state: ExactLMState, previous_codes: torch.Tensor | None) -> torch.Tensor:
+        """Advance every stream by one frame and return that frame's logits int64 `[B, K, card]`.
+
+        previous_codes: int64 `[B, K]`, the codes of the frame before, or None at the first frame.
+        """
+        batch = state.keys[0].shape[0]
+        if previous_codes is None:
+            if state.frames != 0:
+                raise ValueError(f"previous codes are needed after the first frame (at frame {state.frames})")
+            inputs = torch.zeros(batch, self.num_codebooks, 1, dtype=torch.int64, device=self.device)
+        else:
+            inputs = self._check_codes(torch.as_tensor(previous_codes).view(batch, self.num_codebooks, 1)) + 1
+
+        frame = state.frames
+        slot = frame + 1
+        if slot >= state.keys[0].shape[2]:
+            self._grow(state)
+        x = self._embed(inputs, frame)
+        first_key = max(0, slot - self.past_context)
+
+        for index, layer in enumerate(self.layers):
+            queries, keys, values = self._project(layer, x)
+            state.keys[index][:, :, slot : slot + 1] = keys
+            state.values[index][:, :, slot : slot + 1] = values
+            window_keys = state.keys[index][:, :, first_key : slot + 1]
+            window_values = state.values[index][:, :, first_key : slot + 1]
+            x = self._finish_layer(layer, x, self._attend(queries, window_keys, window_values, None))
+
+        state.frames = frame + 1
+        return self.output_logits(x)[:, 0]
+
+    @staticmethod
+    def _grow(state: ExactLMState) -> None:
+        for caches in (state.keys, state.values):
+            for index, cache in enumerate(caches):
+                caches[index] = torch.cat([cache, torch.zeros_like(cache)], dim=2)
