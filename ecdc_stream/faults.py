@@ -169,6 +169,11 @@ class FaultRecord:
         }
 
 
+@dataclass(frozen=True)
+class _Message(Packet):
+    """A link message passing through the injector, numbered by its position in the input."""
+
+
 @dataclass(order=True)
 class _Scheduled:
     due: float
@@ -192,9 +197,15 @@ class FaultModel:
         self._held: list[list[Any]] = []  # [packets still to pass, Packet]
         self._order = 0
 
-    def push(self, packet: Packet, now: float) -> None:
-        """Decide the fate of `packet`, sent at time `now` (s), and schedule its copies."""
+    def push(self, packet: Packet | bytes, now: float) -> None:
+        """Decide the fate of `packet`, sent at time `now` (s), and schedule its copies.
+
+        A `bytes` item (a link message) is recorded under its index in the input and comes out
+        as `bytes` again.
+        """
         config = self.config
+        if isinstance(packet, (bytes, bytearray)):
+            packet = _Message(self.record.sent, bytes(packet))
         self.record.sent += 1
 
         # Every generator draws for every packet, whatever the rates, so that the choices of one
@@ -230,7 +241,7 @@ class FaultModel:
         if bit_errors:
             self.record.corrupted.append(packet.sequence)
             self.record.bit_errors += bit_errors
-        damaged = Packet(packet.sequence, data) if data is not packet.data else packet
+        damaged = type(packet)(packet.sequence, data) if data is not packet.data else packet
 
         due = now + (config.delay_ms + extra_ms) / 1000.0
         hold = u_reorder < config.reorder
@@ -298,13 +309,13 @@ class FaultModel:
                 still_held.append(entry)
         self._held = still_held
 
-    def _deliver(self, packet: Packet, arrival: float, out: list[tuple[Packet, float]]) -> None:
+    def _deliver(self, packet: Packet, arrival: float, out: list[tuple[Packet | bytes, float]]) -> None:
         self.record.delivered.append((packet.sequence, arrival))
-        out.append((packet, arrival))
+        out.append((packet.data if isinstance(packet, _Message) else packet, arrival))
 
 
 class FaultInjector:
-    """A pipeline stage that injects the faults of `config` into a stream of `Packet` records.
+    """A pipeline stage that injects the faults of `config` into `Packet` records or link messages.
 
     interval_ms: with a value, run on a virtual clock where packet i is sent at i * interval_ms
     and emit `Arrival(packet, arrival_s)` records without sleeping; with None, delay packets on

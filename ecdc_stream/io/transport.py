@@ -314,8 +314,10 @@ class LinkDecoder:
     def _accept_fragment(self, prefix: _Prefix, body: bytes, body_ok: bool) -> list[LinkEvent]:
         sequence = prefix.sequence
         if sequence in self._done:
-            # A fragment of a chunk already delivered or given up: a duplicate.
-            return [DamagedChunk(sequence)] if not body_ok else []
+            # A fragment of a chunk already reassembled or given up belongs to another copy. The
+            # copy is reported once, at its first fragment, as a damaged copy: the jitter buffer
+            # counts it as a duplicate, or as corrupt when no whole copy ever arrived.
+            return [DamagedChunk(sequence)] if prefix.index == 0 else []
 
         entry = self._reassembly.get(sequence)
         if entry is None:

@@ -248,6 +248,8 @@ class JitterBuffer:
     @property
     def deadline(self) -> float | None:
         """When the next missing chunk will be given up (s), or None while nothing shows it missing."""
+        if self.num_chunks is not None and self.next >= self.num_chunks:
+            return None
         evidence = [t for _, t in self._slots.values()]
         if self._end_time is not None:
             evidence.append(self._end_time)
@@ -304,11 +306,16 @@ class JitterBuffer:
                 deadline = None if self.virtual_clock else self.deadline
                 timeout = math.inf if deadline is None else max(0.0, deadline - anyio.current_time())
                 item = None
-                with anyio.move_on_after(timeout):
-                    try:
-                        item = await receive.receive()
-                    except anyio.EndOfStream:
-                        break
+                try:
+                    item = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    with anyio.move_on_after(timeout):
+                        try:
+                            item = await receive.receive()
+                        except anyio.EndOfStream:
+                            break
+                except anyio.EndOfStream:
+                    break
 
                 if item is None:
                     released = self.poll(anyio.current_time())
