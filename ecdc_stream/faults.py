@@ -317,9 +317,10 @@ class FaultModel:
 class FaultInjector:
     """A pipeline stage that injects the faults of `config` into `Packet` records or link messages.
 
-    interval_ms: with a value, run on a virtual clock where packet i is sent at i * interval_ms
-    and emit `Arrival(packet, arrival_s)` records without sleeping; with None, delay packets on
-    the real clock and emit plain `Packet` records.
+    interval_ms: with a value, run on a virtual clock and emit `Arrival(packet, arrival_s)`
+    records without sleeping. A packet is sent at its own time when it comes as an `Arrival`,
+    else packet i at i * interval_ms. With None, delay packets on the real clock and emit them
+    as they came in (`Packet` records or link messages).
     """
 
     def __init__(self, config: FaultConfig, interval_ms: float | None = None):
@@ -342,8 +343,12 @@ class FaultInjector:
 
     async def _run_virtual(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         index = 0
-        async for packet in receive:
-            now = index * self.interval_ms / 1000.0
+        async for item in receive:
+            # An item stamped upstream is sent at its stamp; others at their place in the input.
+            if isinstance(item, Arrival):
+                now, packet = item.time_s, item.item
+            else:
+                now, packet = index * self.interval_ms / 1000.0, item
             self.model.push(packet, now)
             index += 1
             for delivered, arrival in self.model.pop_due(now):
