@@ -120,11 +120,11 @@ class TimeGroupNorm(nn.GroupNorm):
     """`nn.GroupNorm` over [B, C, T] that also accepts a group holding a single value.
 
     `F.group_norm` raises when each group of a batch of one holds one value (one channel per
-    group and T = 1), which happens when the 48 kHz model encodes a last segment of 1 sample
-    with a configuration whose residual blocks have one hidden channel. Normalising a single
-    value is well defined: it minus its own mean is exactly 0, so the output is the bias. That
-    is also what `F.group_norm` returns for the same input in a batch of two, so the fix changes
-    no value that the reference computes.
+    group and T = 1). The 48 kHz model meets that when it encodes a last segment of 1 sample
+    with a configuration whose residual blocks have one hidden channel, which made the reference
+    fail on inputs of 1, 47521 or 95041 samples. Normalising a single value is well defined: the
+    value minus its own mean is 0, so the output is the bias, and that is what this returns.
+    `F.group_norm` returns the same for such a group in a larger batch, up to float rounding.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,74 @@
+"""Fixtures shared by the test modules: golden vectors, tiny models, random weights, recordings.
+
+No test may reach the internet: for the whole session the torch hub cache is a temporary folder
+and checkpoint downloads go to a loopback port where nothing listens, unless a test points
+`ECDC_STREAM_WEIGHTS_URL` at a server of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ecdc_stream.model import EncodecConfig, config_factories, register_model
+from ecdc_stream.model.random_weights import write_random_checkpoints
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
+TINY_CASES = ("tiny_24khz", "tiny_48khz")
+
+# Port 9 (discard) on loopback: a download attempt fails at once with "connection refused".
+UNREACHABLE_URL = "http://127.0.0.1:9/"
+
+
+def tiny_config(case: str) -> EncodecConfig:
+    """Return the model configuration of golden case `case` ("tiny_24khz" or "tiny_48khz")."""
+    values = json.loads((GOLDEN_DIR / case / "config.json").read_text())
+    return EncodecConfig.from_dict(values, ignore_unknown=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_weights(tmp_path_factory):
+    """Keep the session off the user's hub cache and off the network."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+        patch.setenv("ECDC_STREAM_WEIGHTS_URL", UNREACHABLE_URL)
+        patch.delenv("ECDC_STREAM_WEIGHTS", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """Folder of the reference's golden vectors (tests/golden)."""
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    """Folder of the shared recordings test_24k.wav (mono) and test_48k.wav (stereo)."""
+    return AUDIO_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, EncodecConfig]:
+    """Register "tiny_24khz" and "tiny_48khz" with their golden weights; return their configurations.
+
+    After this fixture, `load_model("tiny_24khz")` and `load_lm("tiny_24khz")` work offline.
+    """
+    configs = {}
+    for case in TINY_CASES:
+        config = tiny_config(case)
+        model_factory, lm_factory = config_factories(config, GOLDEN_DIR / case / "model.pt", GOLDEN_DIR / case / "lm.pt")
+        register_model(case, model_factory, lm_factory)
+        configs[case] = config
+    return configs
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory) -> Path:
+    """Folder with seeded random checkpoints under the four published names, written once per session."""
+    folder = tmp_path_factory.mktemp("weights")
+    write_random_checkpoints(folder, seed=0, audio_dir=AUDIO_DIR)
+    return folder
