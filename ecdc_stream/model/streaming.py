@@ -70,6 +70,48 @@ class StatelessLayer(StreamingLayer):
         return None
 
 
+class _FrozenConv:
+    """A `NormConv1d` with its weight-normalised weight computed once instead of on every call.
+
+    The weight comes from the same kernel the module calls, so outputs are bit-identical; the
+    streaming layers call their convolutions many times per second, where recomputing the
+    weight would cost as much as the convolution. The model must not be trained meanwhile.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        conv = module.conv
+        with torch.no_grad():
+            if hasattr(conv, "weight_v"):
+                self.weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0)
+            else:
+                self.weight = conv.weight.detach()
+        self.bias = conv.bias.detach() if conv.bias is not None else None
+        self.stride = conv.stride
+        self.dilation = conv.dilation
+        self.norm = module.norm
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.nn.functional.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation))
+
+
+class _FrozenConvTranspose:
+    """A `NormConvTranspose1d` with its weight computed once (see `_FrozenConv`)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        conv = module.convtr
+        with torch.no_grad():
+            if hasattr(conv, "weight_v"):
+                self.weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0)
+            else:
+                self.weight = conv.weight.detach()
+        self.bias = conv.bias.detach() if conv.bias is not None else None
+        self.stride = conv.stride
+        self.norm = module.norm
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.nn.functional.conv_transpose1d(x, self.weight, self.bias, self.stride))
+
+
 class StreamingConv(StreamingLayer):
     """A causal `PaddedConv1d` run incrementally.
 
@@ -82,7 +124,7 @@ class StreamingConv(StreamingLayer):
         if not layer.causal:
             raise ValueError("only causal convolutions can stream; the 48 kHz model works segment by segment")
         self.layer = layer
-        self.conv = layer.conv
+        self.conv = _FrozenConv(layer.conv)
         self.stride = layer.stride
         dilation = layer.conv.conv.dilation[0]
         self.span = (layer.kernel_size - 1) * dilation + 1
@@ -160,7 +202,7 @@ class StreamingConvTranspose(StreamingLayer):
     def __init__(self, layer: TrimmedConvTranspose1d, out_step: int) -> None:
         if layer.padding_left != 0:
             raise ValueError("a transposed convolution can stream only with all trimming on the right")
-        self.convtr = layer.convtr
+        self.convtr = _FrozenConvTranspose(layer.convtr)
         module = layer.convtr.convtr
         self.stride = module.stride[0]
         self.kernel_size = module.kernel_size[0]
@@ -339,3 +381,253 @@ def run_streaming(layer: StreamingLayer, blocks: Iterable[torch.Tensor]) -> torc
     if output is None:
         raise ValueError("the stream produced no output: it was empty")
     return output
+
+
+def _as_batch(samples: torch.Tensor, channels: int) -> torch.Tensor:
+    """Return `samples` [C, n] or [1, C, n] as [1, C, n] float32."""
+    if samples.dim() == 2:
+        samples = samples.unsqueeze(0)
+    if samples.dim() != 3 or samples.shape[0] != 1 or samples.shape[1] != channels:
+        raise ValueError(f"expected audio [{channels}, n] or [1, {channels}, n], got {list(samples.shape)}")
+    return samples.float()
+
+
+class StreamingEncoder:
+    """Encode the causal (24 kHz) model's audio block by block into codes, exactly.
+
+    `push` takes the next audio block [C, n] (any n, including 0) and returns the codes
+    [K, T_new] int64 of the frames that block completed; `finish` ends the stream and returns
+    the codes of the remaining frames, the last one completed by the reflect padding the
+    offline encoder adds. In total a stream of n samples gives ceil(n / hop_length) frames.
+    The codes do not depend on how the audio is cut into blocks (see the module docstring).
+    """
+
+    def __init__(self, model: nn.Module, num_codebooks: int, grid_frames: int = DEFAULT_GRID_FRAMES) -> None:
+        if model.segment_length is not None or model.normalize or not model.config.causal:
+            raise ValueError(f"model {model.name} is not causal: encode it segment by segment with SegmentEncoder")
+        self.model = model
+        self.num_codebooks = num_codebooks
+        self.grid_frames = grid_frames
+        self.encoder, _ = streaming_layer(model.encoder.model, grid_frames, model.hop_length)
+        self._embeddings: torch.Tensor | None = None
+        self.samples_in = 0
+        self.frames_out = 0
+        self._finished = False
+
+    @torch.no_grad()
+    def push(self, samples: torch.Tensor) -> torch.Tensor:
+        """Encode the next block [C, n]; return the codes [K, T_new] it completed."""
+        if self._finished:
+            raise RuntimeError("the stream has already been finished")
+        x = _as_batch(torch.as_tensor(samples), self.model.channels).to(self.model.device)
+        self.samples_in += x.shape[-1]
+        if x.shape[-1] == 0:
+            return self._empty_codes()
+        return self._quantize(self.encoder.step(x), final=False)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """End the stream and return the codes [K, T_rest] of its last frames."""
+        if self._finished:
+            raise RuntimeError("the stream has already been finished")
+        self._finished = True
+        if self.samples_in == 0:
+            return self._empty_codes()
+        return self._quantize(self.encoder.flush(), final=True)
+
+    def _quantize(self, embeddings: torch.Tensor | None, final: bool) -> torch.Tensor:
+        # Quantize on the same fixed grid of frames as the networks, because the quantizer's
+        # matrix product is also computed differently for different numbers of rows.
+        self._embeddings = _join(self._embeddings, embeddings)
+        if self._embeddings is None:
+            return self._empty_codes()
+        codes = []
+        while self._embeddings.shape[-1] >= self.grid_frames or (final and self._embeddings.shape[-1] > 0):
+            count = min(self.grid_frames, self._embeddings.shape[-1])
+            codes.append(self.model.quantizer.encode(self._embeddings[..., :count], self.num_codebooks)[:, 0])
+            self._embeddings = self._embeddings[..., count:]
+        if not codes:
+            return self._empty_codes()
+        out = torch.cat(codes, dim=-1)
+        self.frames_out += out.shape[-1]
+        return out
+
+    def _empty_codes(self) -> torch.Tensor:
+        return torch.zeros((self.num_codebooks, 0), dtype=torch.int64)
+
+    @torch.no_grad()
+    def encode_all(self, samples: torch.Tensor) -> torch.Tensor:
+        """Encode a whole input [C, n] at once (a fresh stream) and return its codes [K, T]."""
+        return torch.cat([self.push(samples), self.finish()], dim=-1)
+
+
+class StreamingDecoder:
+    """Decode the causal (24 kHz) model's codes frame block by frame block, with carried state.
+
+    `push` takes the codes [K, T] of the next frames and returns the audio [C, n] that is final,
+    `finish` returns the rest. In total T frames give T * hop_length samples, the same as the
+    offline decoder up to float rounding (the networks run on the fixed frame grid); the caller
+    cuts the last chunk to the length it covers.
+    """
+
+    def __init__(self, model: nn.Module, grid_frames: int = DEFAULT_GRID_FRAMES) -> None:
+        if model.segment_length is not None or model.normalize or not model.config.causal:
+            raise ValueError(f"model {model.name} is not causal: decode it segment by segment with SegmentDecoder")
+        self.model = model
+        self.decoder, _ = streaming_layer(model.decoder.model, grid_frames, 1)
+        self.frames_in = 0
+        self.samples_out = 0
+
+    @torch.no_grad()
+    def push(self, codes: torch.Tensor) -> torch.Tensor:
+        """Decode the next frames' codes [K, T]; return the audio [C, n] now final."""
+        codes = torch.as_tensor(codes, dtype=torch.int64, device=self.model.device)
+        self.frames_in += codes.shape[-1]
+        if codes.shape[-1] == 0:
+            return self._empty_audio()
+        embeddings = self.model.quantizer.decode(codes.unsqueeze(1))
+        return self._audio(self.decoder.step(embeddings))
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """End the stream and return its remaining audio [C, n]."""
+        if self.frames_in == 0:
+            return self._empty_audio()
+        return self._audio(self.decoder.flush())
+
+    def _audio(self, out: torch.Tensor | None) -> torch.Tensor:
+        if out is None:
+            return self._empty_audio()
+        self.samples_out += out.shape[-1]
+        return out[0]
+
+    def _empty_audio(self) -> torch.Tensor:
+        return torch.zeros((self.model.channels, 0))
+
+
+class SegmentEncoder:
+    """Encode a segmented (48 kHz) model's audio segment by segment as blocks arrive.
+
+    Segment i covers samples [i * stride, i * stride + segment_length), cut at the end of the
+    stream, exactly as `EncodecModel.encode` cuts a whole input. `push` returns the segments the
+    block completed, `finish` the rest, each as (codes [K, T] int64, scale float or None, covered
+    samples), where a segment covers `stride` samples except the last, which covers its length.
+    """
+
+    def __init__(self, model: nn.Module, num_codebooks: int) -> None:
+        if model.segment_length is None or model.segment_stride is None:
+            raise ValueError(f"model {model.name} has no segments: use StreamingEncoder")
+        self.model = model
+        self.num_codebooks = num_codebooks
+        self.length = model.segment_length
+        self.stride = model.segment_stride
+        self._buffer: torch.Tensor | None = None  # samples from `_offset` on
+        self._offset = 0
+        self._next = 0  # first sample of the next segment to encode
+        self.samples_in = 0
+
+    @torch.no_grad()
+    def push(self, samples: torch.Tensor) -> list[tuple[torch.Tensor, float | None, int]]:
+        """Take the next block [C, n]; return the segments it completed."""
+        x = _as_batch(torch.as_tensor(samples), self.model.channels)
+        self.samples_in += x.shape[-1]
+        self._buffer = _join(self._buffer, x)
+        segments = []
+        while self._next + self.length <= self.samples_in:
+            segments.append(self._encode(self.length, self.stride))
+        return segments
+
+    @torch.no_grad()
+    def finish(self) -> list[tuple[torch.Tensor, float | None, int]]:
+        """End the stream; return its remaining segments (the last possibly shorter)."""
+        segments = []
+        while self._next < self.samples_in:
+            length = min(self.length, self.samples_in - self._next)
+            last = self._next + self.stride >= self.samples_in
+            segments.append(self._encode(length, length if last else self.stride))
+        return segments
+
+    def _encode(self, length: int, covered: int) -> tuple[torch.Tensor, float | None, int]:
+        assert self._buffer is not None
+        first = self._next - self._offset
+        segment = self._buffer[..., first : first + length].to(self.model.device)
+        codes, scale = self.model.encode_segment(segment, self.num_codebooks)
+        self._next += self.stride
+        drop = min(self._next, self.samples_in) - self._offset
+        if drop > 0:
+            self._buffer = self._buffer[..., drop:]
+            self._offset += drop
+        return codes[0].cpu(), (float(scale.view(-1)[0]) if scale is not None else None), covered
+
+
+class SegmentDecoder:
+    """Decode a segmented (48 kHz) model segment by segment, overlap-adding across calls.
+
+    Neighbouring segments overlap by segment_length - stride samples and are blended with the
+    triangular weights of `linear_overlap_add`. `push` decodes one segment and returns the audio
+    before its overlap with the next segment (which is not final until that one arrives);
+    `finish` returns the held overlap. The concatenated output equals `EncodecModel.decode` of
+    all the segments up to float rounding.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if model.segment_length is None or model.segment_stride is None:
+            raise ValueError(f"model {model.name} has no segments: use StreamingDecoder")
+        self.model = model
+        self.length = model.segment_length
+        self.stride = model.segment_stride
+        # The triangle spans the first segment's decoded length, as in `linear_overlap_add`
+        # (shorter than segment_length only when the whole stream is).
+        self.weight: torch.Tensor | None = None
+        # The previous segment's weighted samples past its stride, and their weights.
+        self._tail: torch.Tensor | None = None
+        self._tail_weight: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def push(self, codes: torch.Tensor, scale: float | None) -> torch.Tensor:
+        """Decode one segment's codes [K, T]; return the audio [C, n] now final."""
+        codes = torch.as_tensor(codes, dtype=torch.int64, device=self.model.device).unsqueeze(0)
+        scale_tensor = torch.tensor([[scale]], dtype=torch.float32, device=self.model.device) if scale is not None else None
+        decoded = self.model.decode_segment(codes, scale_tensor)[0].cpu()
+        return self._blend(decoded)
+
+    def push_silence(self, num_samples: int) -> torch.Tensor:
+        """Stand in for lost segments covering `num_samples` samples: flush the held overlap as
+        it is and return it followed by zeros (the concealment stage fades both edges)."""
+        held = self.finish()
+        return torch.cat([held, torch.zeros(self.model.channels, num_samples)], dim=-1)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """Return the held overlap of the last segment, normalised by its weights [C, n]."""
+        if self._tail is None:
+            return torch.zeros(self.model.channels, 0)
+        out = self._tail / self._tail_weight
+        self._tail = self._tail_weight = None
+        return out
+
+    def _blend(self, decoded: torch.Tensor) -> torch.Tensor:
+        length = decoded.shape[-1]
+        if self.weight is None:
+            position = torch.linspace(0, 1, length + 2, dtype=decoded.dtype)[1:-1]
+            self.weight = 0.5 - (position - 0.5).abs()
+        weight = self.weight[:length]
+        weighted = weight * decoded
+        weight_sum = weight.clone()
+        if self._tail is not None:
+            overlap = min(self._tail.shape[-1], length)
+            weighted[..., :overlap] = self._tail[..., :overlap] + weighted[..., :overlap]
+            weight_sum[:overlap] = self._tail_weight[:overlap] + weight_sum[:overlap]
+            # A segment shorter than the overlap leaves part of the previous tail uncovered.
+            if self._tail.shape[-1] > length:
+                weighted = torch.cat([weighted, self._tail[..., length:]], dim=-1)
+                weight_sum = torch.cat([weight_sum, self._tail_weight[length:]])
+
+        # Samples from `stride` on overlap the next segment, if one comes.
+        keep = min(self.stride, weighted.shape[-1])
+        out = weighted[..., :keep] / weight_sum[:keep]
+        self._tail = weighted[..., keep:]
+        self._tail_weight = weight_sum[keep:]
+        if self._tail.shape[-1] == 0:
+            self._tail = self._tail_weight = None
+        return out
