@@ -18,6 +18,10 @@ ceil(n * frame_rate / sample_rate) frames. This package computes that count in i
 LM-coded streams decode only with probabilities equal bit for bit to the encoder's, which the
 float LM reproduces on the same kind of CPU and torch build, not across machines. That is the
 reason for the acv=4 format; this one is kept for files made by the original package.
+
+NOTE: even on one machine the LM's attention kernel (torch 2.13 CPU) rounds differently with
+different torch thread counts (1 and 3 threads agree with each other, not with 2), so an LM-coded
+stream may fail to decode unless `torch.get_num_threads()` partitions like the encoder's did.
 """
 
 from __future__ import annotations
