@@ -43,8 +43,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The LM lives in its own module; importing it lazily keeps `ecdc_stream.model` importable
-    # on its own and the LM's import cost off paths that never use it.
+    # The LM is imported on first use, so code that only needs the codec does not load it.
     if name == "LMModel":
         from .lm import LMModel
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import InvalidArgumentError
 
 # Normalisations these modules build. The reference also names 'spectral_norm', 'layer_norm' and
-# 'time_layer_norm'; no published checkpoint uses them.
+# 'time_layer_norm', but no published checkpoint uses them.
 # NOTE: configurations with those three norms are rejected rather than built.
 SUPPORTED_NORMS = ("none", "weight_norm", "time_group_norm")
 
@@ -47,7 +47,7 @@ def pad1d(x: torch.Tensor, padding_left: int, padding_right: int, mode: str = "r
 
     `F.pad` rejects a reflect pad that is not shorter than the input. In that case the input is
     first extended with zeros on the right until it is one sample longer than the widest pad,
-    reflected, and the zeros are cut off again, which is what the reference does, so that short
+    then reflected, and then the zeros are cut off again. The reference does the same, so short
     inputs (down to 1 sample) give the reference's values.
     """
     if padding_left < 0 or padding_right < 0:
@@ -117,9 +117,9 @@ class WeightNormConvTranspose1d(nn.ConvTranspose1d):
 
 
 class TimeGroupNorm(nn.GroupNorm):
-    """`nn.GroupNorm` over [B, C, T] that also accepts a group holding a single value.
+    """`nn.GroupNorm` over [B, C, T] that also accepts a group of a single value.
 
-    `F.group_norm` raises when each group of a batch of one holds one value (one channel per
+    `F.group_norm` raises when each group of a batch of one contains one value (one channel per
     group and T = 1). The 48 kHz model meets that when it encodes a last segment of 1 sample
     with a configuration whose residual blocks have one hidden channel, which made the reference
     fail on inputs of 1, 47521 or 95041 samples. Normalising a single value is well defined: the

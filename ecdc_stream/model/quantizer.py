@@ -2,8 +2,8 @@
 
 Each codebook level quantizes what the levels before it left over, so K levels turn an embedding
 [B, D, T] into codes [K, B, T]. The modules nest as `quantizer.vq.layers.N._codebook` with buffers
-`inited`, `cluster_size`, `embed` and `embed_avg`, as in the published checkpoints; only `embed`
-is used at inference, the others are kept so those checkpoints load with strict key matching.
+`inited`, `cluster_size`, `embed` and `embed_avg`, as in the published checkpoints. Only `embed`
+is used at inference, and the others are kept so those checkpoints load with strict key matching.
 """
 
 from __future__ import annotations

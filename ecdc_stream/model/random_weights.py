@@ -37,8 +37,8 @@ AUDIO_FILES = {"encodec_24khz": "test_24k.wav", "encodec_48khz": "test_48k.wav"}
 # frames/s (24 kHz), and few enough to keep the whole run to seconds.
 FILL_SECONDS = 20
 
-# Standard deviation of the noise added to each codeword, relative to the residual's own per
-# dimension, so that each level leaves a residual for the next one to code.
+# Standard deviation of the noise added to each codeword, relative to the residual's standard
+# deviation in each dimension, so that each level leaves a residual for the next one to code.
 CODEWORD_NOISE = 0.5
 
 

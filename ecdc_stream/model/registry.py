@@ -2,7 +2,7 @@
 
 A model factory is called as `factory(weights_dir, progress)` and returns the network with its
 weights loaded: an `EncodecModel` for the model factory, an `LMModel` for the LM factory.
-`weights_dir` is the folder passed to `load_model` (or None) and `progress` says whether a
+`weights_dir` is the folder passed to `load_model` (or None), and `progress` sets whether a
 download may show a progress bar.
 """
 

@@ -1,10 +1,11 @@
 """Finding, downloading and loading the published EnCodec checkpoints.
 
-Checkpoints are looked up by their published file names, first in the folder named by the
-`weights_dir` argument (the `--weights DIR` option) or, without it, by the `ECDC_STREAM_WEIGHTS`
-environment variable, then in the torch hub cache `$TORCH_HOME/hub/checkpoints`, where the
-original EnCodec package stores them too. A file found in none of them is downloaded into the
-hub cache, unless a folder was named, because naming one means working offline.
+Checkpoints are looked up by their published file names in two places. The first is the folder
+named by the `weights_dir` argument (the `--weights DIR` option) or, without it, by the
+`ECDC_STREAM_WEIGHTS` environment variable. The second is the torch hub cache
+`$TORCH_HOME/hub/checkpoints`, where the original EnCodec package stores them too. A file found
+in neither is downloaded into the hub cache, unless a folder was named, because naming one
+means working offline.
 
 The SHA-256 prefix in a published name (`encodec_24khz-d7cc33bc.th`) is checked when the file is
 downloaded, not when a file already on disk is loaded. So a folder can hold seeded random
@@ -53,8 +54,8 @@ DOWNLOAD_TIMEOUT_S = 30.0
 _CHUNK_BYTES = 1 << 20
 _HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
 
-# torch.load raises these for files that are empty, truncated, not a zip archive, or hold a
-# pickle that weights_only loading rejects; its documentation names no exception types.
+# torch.load raises these for files that are empty, truncated, not a zip archive, or contain a
+# pickle that weights_only loading rejects. Its documentation names no exception types.
 _LOAD_ERRORS = (
     RuntimeError,
     EOFError,
