@@ -235,6 +235,7 @@ class JitterBuffer:
         self.underrun_samples = 0
         self.dropped_samples = 0
         self.samples_played = 0
+        self.first_play_time: float | None = None
 
     @property
     def level(self) -> int:
@@ -278,6 +279,8 @@ class JitterBuffer:
             if not self._playing:
                 if self._level >= max(1, self.start_samples) or (self.ended and self._level > 0):
                     self._playing = True
+                    if self.first_play_time is None:
+                        self.first_play_time = time.monotonic()
                 else:
                     out.fill(0)
                     return
@@ -321,7 +324,11 @@ class Speakers:
         self.block_seconds = block_seconds
         capacity = max(1, int(max_latency_seconds * sample_rate))
         self.buffer = JitterBuffer(channels, capacity, int(start_seconds * sample_rate), live=live)
-        self.first_sound_time: float | None = None
+
+    @property
+    def first_sound_time(self) -> float | None:
+        """`time.monotonic()` when the first samples went to the device, or None before."""
+        return self.buffer.first_play_time
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         sd = sounddevice_module()
@@ -364,8 +371,6 @@ class Speakers:
         while written < samples.shape[-1]:
             count = self.buffer.write(samples[:, written:])
             written += count
-            if self.first_sound_time is None and self.buffer.samples_played > 0:
-                self.first_sound_time = time.monotonic()
             if written < samples.shape[-1]:
                 await anyio.sleep(0.01)
 

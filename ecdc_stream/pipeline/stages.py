@@ -108,7 +108,7 @@ class ChunkEncoder:
         while len(self._segments) >= self.per_chunk or (final and self._segments):
             group, self._segments = self._segments[: self.per_chunk], self._segments[self.per_chunk :]
             codes = torch.cat([codes for codes, _, _ in group], dim=-1)
-            scales = tuple(scale for _, scale, _ in group if scale is not None)
+            scales = tuple(1.0 if scale is None else scale for _, scale, _ in group)
             chunks.append(self._chunk(codes, sum(covered for _, _, covered in group), scales))
         return chunks
 
@@ -152,13 +152,22 @@ class ChunkDecoder:
             return self._audio(self._decoder.push(torch.from_numpy(item.codes)))
 
         out = []
-        frames_per_segment = self.model.frames_for_samples(self.model.segment_length)
-        codes = torch.from_numpy(item.codes)
-        scales = item.scales if item.scales else (None,) * -(-codes.shape[-1] // frames_per_segment)
-        for index, scale in enumerate(scales):
-            segment = codes[:, index * frames_per_segment : (index + 1) * frames_per_segment]
-            out += self._audio(self._decoder.push(segment, scale))
+        codes = torch.from_numpy(np.ascontiguousarray(item.codes, dtype=np.int64))
+        start = 0
+        for count, scale in zip(self._segment_frames(item), item.scales):
+            out += self._audio(self._decoder.push(codes[:, start : start + count], scale))
+            start += count
         return out
+
+    def _segment_frames(self, chunk: CodeChunk) -> list[int]:
+        """Split a chunk's frames among its segments: each but the last codes
+        min(segment_length, samples left) samples, the last has the remaining frames."""
+        model = self.model
+        counts = []
+        for index in range(len(chunk.scales) - 1):
+            length = min(model.segment_length, chunk.num_samples - index * model.segment_stride)
+            counts.append(-(-length // model.hop_length))
+        return counts + [chunk.num_frames - sum(counts)]
 
     def finish(self) -> list[np.ndarray | Gap]:
         """End the stream; return the rest of the audio, cut to exactly the samples covered."""
