@@ -34,13 +34,27 @@ def write_header(fo: BinaryIO, metadata: dict[str, Any]) -> None:
     fo.write(encode_header(metadata))
 
 
+def _read_up_to(fo: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes, or fewer only at the end of the stream.
+
+    One `read` of a raw file or pipe may return less than requested, so this reads until done.
+    """
+    data = fo.read(size)
+    while len(data) < size:
+        more = fo.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 def read_header(fo: BinaryIO, source: str = "input") -> dict[str, Any]:
     """Read and validate a header from `fo`, leaving `fo` at the first byte after it.
 
     Raises InvalidStreamError, naming `source`, for a wrong magic or version, a truncated
     header, a length beyond the file or the cap, or JSON that is malformed or not an object.
     """
-    prefix = fo.read(_PREFIX.size)
+    prefix = _read_up_to(fo, _PREFIX.size)
     if len(prefix) < len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
         raise InvalidStreamError(f"{source} is not an .ecdc stream: it does not start with 'ECDC'")
     if len(prefix) < _PREFIX.size:
@@ -54,7 +68,7 @@ def read_header(fo: BinaryIO, source: str = "input") -> dict[str, Any]:
             f"{source} declares a {length}-byte header, more than the {MAX_METADATA_BYTES}-byte limit: the file is corrupt"
         )
 
-    payload = fo.read(length)
+    payload = _read_up_to(fo, length)
     if len(payload) < length:
         raise InvalidStreamError(
             f"{source} declares a {length}-byte header but only {len(payload)} bytes follow: the file is truncated or corrupt"

@@ -30,7 +30,7 @@ import io
 import logging
 import math
 import struct
-from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,13 +56,27 @@ _READ_BLOCK_BYTES = 1 << 20
 LegacySegment = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
+def segment_count(model: EncodecModel, audio_length: int) -> int:
+    """Return the number of segments of a stream of `audio_length` (>= 1) samples."""
+    if model.segment_stride is None:
+        return 1
+    return -(-audio_length // model.segment_stride)
+
+
+def iter_segment_frames(model: EncodecModel, audio_length: int) -> Iterator[int]:
+    """Yield the number of frames of each segment of a stream of `audio_length` samples.
+
+    A generator, so that a huge length from a corrupt header costs nothing until it is used.
+    """
+    segment_length = model.segment_length if model.segment_length is not None else audio_length
+    stride = model.segment_stride if model.segment_stride is not None else audio_length
+    for offset in range(0, audio_length, stride):
+        yield model.frames_for_samples(min(audio_length - offset, segment_length))
+
+
 def segment_frame_counts(model: EncodecModel, audio_length: int) -> list[int]:
     """Return the number of frames of each segment of a stream of `audio_length` samples."""
-    segment_length = model.segment_length if model.segment_length is not None else audio_length
-    return [
-        model.frames_for_samples(min(audio_length - offset, segment_length))
-        for offset in model.segment_offsets(audio_length)
-    ]
+    return list(iter_segment_frames(model, audio_length))
 
 
 def write_legacy(
@@ -116,12 +130,19 @@ def read_legacy(
     """
     source = str(getattr(fo, "name", "input"))
     audio_length, num_codebooks, use_lm = _check_metadata(metadata, model, lm, source)
-    frame_counts = segment_frame_counts(model, audio_length)
     scale_bytes = _SCALE.size if model.normalize else 0
 
-    # Check the declared length against the bytes present before decoding anything.
+    # Check the declared length against the bytes present before decoding anything. Every
+    # segment takes at least one byte, so the first check bounds the segment list built next.
     remaining = _remaining_bytes(fo)
     if remaining is not None:
+        num_segments = segment_count(model, audio_length)
+        if num_segments * (scale_bytes + 1) > remaining:
+            raise InvalidStreamError(
+                f"{source} is truncated: its header declares {audio_length} samples in {num_segments} segments, "
+                f"but only {remaining} bytes follow the header"
+            )
+        frame_counts = segment_frame_counts(model, audio_length)
         if use_lm:
             _check_lm_capacity(frame_counts, num_codebooks, model.bins, scale_bytes, remaining, source)
         else:
@@ -134,7 +155,10 @@ def read_legacy(
 
     device = model.device
     segments: list[LegacySegment] = []
-    for index, num_frames in enumerate(frame_counts):
+    # Without a known size (a pipe), segments are read one by one until the data ends.
+    # NOTE: such an LM-coded stream with a huge declared length and a very confident LM can run
+    # the LM for many frames per byte before the data runs out.
+    for index, num_frames in enumerate(iter_segment_frames(model, audio_length)):
         scale = _read_scale(fo, source, index) if model.normalize else None
 
         if use_lm:
@@ -156,11 +180,12 @@ def _check_segments(model: EncodecModel, segments: Sequence[LegacySegment], audi
     """Validate the segments to write and return their number of codebooks K."""
     if isinstance(audio_length, bool) or not isinstance(audio_length, int) or audio_length < 1:
         raise InvalidArgumentError(f"audio length must be a positive number of samples, got {audio_length!r}")
-    frame_counts = segment_frame_counts(model, audio_length)
-    if len(segments) != len(frame_counts):
+    num_segments = segment_count(model, audio_length)
+    if len(segments) != num_segments:
         raise InvalidArgumentError(
-            f"{audio_length} samples make {len(frame_counts)} segment(s) for model {model.name}, got {len(segments)}"
+            f"{audio_length} samples make {num_segments} segment(s) for model {model.name}, got {len(segments)}"
         )
+    frame_counts = segment_frame_counts(model, audio_length)
 
     num_codebooks = None
     for index, ((codes, scale), num_frames) in enumerate(zip(segments, frame_counts)):
