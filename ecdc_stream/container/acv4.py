@@ -793,17 +793,22 @@ def read_acv4(
     weights_dir: Any = None,
     device: str | torch.device = "cpu",
     source: str = "input",
+    coder: ChunkCoder | None = None,
 ) -> tuple[StreamParams, list[CodeChunk | Gap]]:
     """Read a whole acv=4 stream into its chunks, with a Gap for each chunk that is lost.
 
     The list is in sequence order. A damaged, undecodable or missing chunk becomes a
     `Gap(sequence, chunk_duration, reason)`, reason "corrupt" where damaged bytes stood and
     "lost" otherwise, so with a known total length the durations add up to exactly it. Without
-    one, the list ends at the last intact chunk.
+    one, the list ends at the last intact chunk. A `coder` made for the same parameters saves
+    converting the LM again.
     """
     metadata = read_header(fo, source)
     params = StreamParams.from_metadata(metadata, source)
-    coder = ChunkCoder(params, _lm_state_dict(params, lm_state_dict, weights_dir), device)
+    if coder is None:
+        coder = ChunkCoder(params, _lm_state_dict(params, lm_state_dict, weights_dir), device)
+    elif dataclasses.replace(coder.params, total_samples=None) != dataclasses.replace(params, total_samples=None):
+        raise InvalidArgumentError(f"the coder given was made for other stream parameters than those of {source}")
 
     found, damaged_before = _collect_chunks(fo, params, source)
     decoded = coder.decode_batch([item.data for item in found])
