@@ -11,7 +11,7 @@ in order:
 - padding to a whole byte, so the next segment starts on a byte boundary.
 
 Nothing records the number of segments or frames: they follow from `al`. The segments start every
-`segment_stride` samples (one segment without segments), and a segment of n samples holds
+`segment_stride` samples (one segment without segments), and a segment of n samples contains
 ceil(n * frame_rate / sample_rate) frames. This package computes that count in integers, as
 `EncodecModel.frames_for_samples`.
 
@@ -88,7 +88,7 @@ def write_legacy(
 ) -> None:
     """Write an original-format .ecdc stream of `segments` (from `model.encode`) to `fo`.
 
-    `segments` holds one `(codes [1, K, T], scale [1, 1] or None)` per segment of `audio_length`
+    `segments` contains one `(codes [1, K, T], scale [1, 1] or None)` per segment of `audio_length`
     samples. With `lm`, the codes are arithmetic-coded with the LM's probabilities (the `"lm":
     true` format); without, they are bit-packed. The whole stream is built in memory and written
     with one call, so an error leaves nothing written.
@@ -232,7 +232,7 @@ def _check_metadata(metadata: dict[str, Any], model: EncodecModel, lm: LMModel |
     if model_name != model.name:
         raise InvalidArgumentError(f"{source} was encoded with model {model_name!r}, but model {model.name!r} was given")
     if audio_length < 1:
-        raise InvalidStreamError(f"{source} header field 'al' is {audio_length}; a stream holds at least one sample")
+        raise InvalidStreamError(f"{source} header field 'al' is {audio_length}; invalid because a stream contains at least one sample")
     if not 1 <= num_codebooks <= model.config.n_q:
         raise InvalidStreamError(
             f"{source} header field 'nc' is {num_codebooks}, but model {model.name} has 1 to {model.config.n_q} codebooks"
@@ -270,7 +270,7 @@ def _check_lm_capacity(
     declared = num_codebooks * sum(frame_counts)
     if declared > max_codes:
         raise InvalidStreamError(
-            f"{source} declares {declared} codes, but {payload} bytes of LM-coded data hold at most {int(max_codes)}: "
+            f"{source} declares {declared} codes, but {payload} bytes of LM-coded data contain at most {int(max_codes)}: "
             "the file is truncated or its header is corrupt"
         )
 
@@ -288,14 +288,14 @@ def _remaining_bytes(fo: BinaryIO) -> int | None:
     return max(0, end - position)
 
 
-def _read_exactly(fo: BinaryIO, size: int, source: str, what: str) -> bytes:
+def _read_exactly(fo: BinaryIO, size: int, source: str, description: str) -> bytes:
     """Read `size` bytes in blocks of at most `_READ_BLOCK_BYTES`, raising InvalidStreamError if they end first."""
     blocks = []
     received = 0
     while received < size:
         block = fo.read(min(size - received, _READ_BLOCK_BYTES))
         if not block:
-            raise InvalidStreamError(f"{source} is truncated: {what} needs {size} bytes, only {received} remain")
+            raise InvalidStreamError(f"{source} is truncated: {description} needs {size} bytes, only {received} remain")
         blocks.append(block)
         received += len(block)
     return b"".join(blocks)

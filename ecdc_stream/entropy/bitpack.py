@@ -1,7 +1,7 @@
 """The bit packing of the original EnCodec raw streams: fixed-width values, least significant bit first.
 
 Value i of a stream of `bits`-bit values occupies bits `i * bits` to `(i + 1) * bits - 1` of the
-byte string read as one little-endian integer: the first value fills the low bits of the first
+byte string read as one little-endian integer. So the first value fills the low bits of the first
 byte, and a value that does not fit in the current byte continues in the low bits of the next.
 `flush` pads the last partial byte with zero bits. A reader therefore sees up to `7 // bits`
 padding values after the real ones, and must know how many values to expect.
@@ -107,14 +107,14 @@ def pack_values(values: Iterable[int] | np.ndarray, bits: int) -> bytes:
 def unpack_values(data: bytes, bits: int, count: int) -> np.ndarray:
     """Unpack the first `count` values of `bits` bits from `data`, as `BitUnpacker` would.
 
-    Returns an int64 array of shape [count]. Raises ValueError if `data` holds fewer than
+    Returns an int64 array of shape [count]. Raises ValueError if `data` contains fewer than
     `count * bits` bits.
     """
     _check_bits(bits)
     if count < 0:
         raise ValueError(f"value count must be non-negative, got {count}")
     if len(data) * 8 < count * bits:
-        raise ValueError(f"{len(data)} bytes hold fewer than {count} values of {bits} bits")
+        raise ValueError(f"{len(data)} bytes contain fewer than {count} values of {bits} bits")
 
     stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
     bit_rows = stream[: count * bits].reshape(count, bits).astype(np.uint64)

@@ -18,9 +18,10 @@ The reference trusts its input. Here every count is at least `min_range` and the
 - The reference's total can exceed `2**bits` by a few counts when the probabilities sum to slightly
   more than 1 and the codebook is small (16 codes, say). Codes whose cumulative count passes
   `2**bits` then get an interval that leaves the coder's range, so no valid stream coded them.
-  `cdf[i]` is capped at `2**bits - min_range * (card - 1 - i)`, the most that leaves `min_range`
-  for each later code. The cap leaves every entry of a CDF with a total within `2**bits` unchanged,
-  and so every stream the reference could decode.
+  Here `cdf[i]` is capped at `2**bits - min_range * (card - 1 - i)`, the most that leaves
+  `min_range` for each later code. The cap changes nothing in a CDF whose total fits in
+  `2**bits`. In one that overflows, it keeps every entry up to the cap, and so the interval of
+  every code that lies at least `min_range` per later code below `2**bits`.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def build_stable_quantized_cdf(
     if alpha > 1:
         raise ValueError(f"{card} codes with min_range {min_range} do not fit in {total_range_bits} bits")
 
-    # Clamp into [0, 1]: the identity on every softmax output, and it keeps NaN, inf and negative
-    # values from turning into negative or overflowing counts below.
+    # Clamping into [0, 1] changes no softmax output, and it keeps NaN, inf and negative values
+    # from turning into negative or overflowing counts below.
     probabilities = np.nan_to_num(probabilities, nan=0.0, posinf=1.0, neginf=0.0)
     probabilities = np.clip(probabilities, np.float32(0.0), np.float32(1.0))
 
@@ -71,6 +72,8 @@ def build_stable_quantized_cdf(
 
     # Cap the cumulative counts so that each later code keeps `min_range`. The cap is the
     # identity whenever the reference's total fits in 2**bits (see the module docstring).
+    # NOTE: a reference stream that coded a code lying within that margin of the top of an
+    # overflowing CDF decodes differently here. The reference vectors never overflow.
     cdf = np.cumsum(counts, axis=-1)
     room_after = min_range * np.arange(card - 1, -1, -1, dtype=np.int64)
     return np.minimum(cdf, total_range - room_after)

@@ -14,7 +14,7 @@ and emits the leading bits that `low'` and `high'` now share. At the end, the re
 The reference (encodec 0.1.2a3, `quantization/ac.py`) evaluates the scaled bounds in float64, as
 `ceil(cdf_value * (delta / 2**bits))`. Here they are exact integer divisions, which give the same
 numbers: `delta / 2**bits` is exact in float64, and the product has a numerator below
-`2**bits * 2**(bits + 1)`, which float64 holds exactly while `bits <= 26`. So the float result is
+`2**bits * 2**(bits + 1)`, which float64 represents exactly while `bits <= 26`. So the float result is
 never rounded and equals the integer one.
 
 Invariants, each enforced where noted:
