@@ -119,16 +119,20 @@ class EcdcSink:
         self.fsync = fsync
         self.writer: acv4.Acv4Writer | None = None
         self.bytes_written = 0
+        self.end_sample = 0
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         self.writer = acv4.Acv4Writer(self.fo, self.coder, fsync=self.fsync)
         try:
             async with receive, send:
                 async for packet in receive:
-                    self.writer.write_framed(packet.data, packet_samples(packet.data))
+                    samples = packet_samples(packet.data)
+                    self.writer.write_framed(packet.data, samples)
                     self.bytes_written += len(packet.data)
+                    # The stream ends where its last chunk ends, even if chunks went missing.
+                    self.end_sample = max(self.end_sample, packet.sequence * self.coder.params.chunk_samples + samples)
         finally:
-            self.writer.close()
+            self.writer.close(self.end_sample)
 
     @property
     def samples_written(self) -> int:
