@@ -104,8 +104,8 @@ def write_legacy(
         if scale is not None:
             stream += _SCALE.pack(float(scale.reshape(-1)[0]))
 
-        frame_major = codes[0].transpose(0, 1).reshape(-1).cpu().numpy()
         if lm is None:
+            frame_major = codes[0].transpose(0, 1).reshape(-1).cpu().numpy()
             stream += pack_values(frame_major, model.bits_per_codebook)
         else:
             stream += _encode_segment_with_lm(codes, lm)
@@ -319,7 +319,7 @@ def _encode_segment_with_lm(codes: torch.Tensor, lm: LMModel) -> bytes:
     """Arithmetic-code one segment's codes [1, K, T] with a fresh LM state and coder."""
     _, num_codebooks, num_frames = codes.shape
     device = next(lm.parameters()).device
-    codes = codes.to(device)
+    codes = codes.to(device=device, dtype=torch.long)
     frame_major = codes[0].transpose(0, 1).tolist()
 
     encoder = ArithmeticEncoder(TOTAL_RANGE_BITS)
