@@ -7,12 +7,19 @@ and checkpoint downloads go to a loopback port where nothing listens, unless a t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from ecdc_stream.model import EncodecConfig, config_factories, register_model
+import ecdc_stream.model
+from ecdc_stream.model import LM_CHECKPOINTS, MODEL_CHECKPOINTS, EncodecConfig, config_factories, register_model
 from ecdc_stream.model.random_weights import write_random_checkpoints
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -66,9 +73,51 @@ def tiny_models() -> dict[str, EncodecConfig]:
     return configs
 
 
+def random_weights_key() -> str:
+    """Return a digest of everything the random checkpoints depend on: torch, model code, audio."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(Path(ecdc_stream.model.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for name in ("test_24k.wav", "test_48k.wav"):
+        recording = AUDIO_DIR / name
+        digest.update(str(recording.stat().st_size if recording.exists() else -1).encode())
+    return digest.hexdigest()[:16]
+
+
+def prune_stale_weights(cache_root: Path, keep: str, max_age_s: float = 3600.0) -> None:
+    """Delete cached random checkpoints of other keys that nobody has written for an hour."""
+    for entry in cache_root.iterdir():
+        if entry.name != keep and time.time() - entry.stat().st_mtime > max_age_s:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def weights_dir(tmp_path_factory) -> Path:
-    """Folder with seeded random checkpoints under the four published names, written once per session."""
-    folder = tmp_path_factory.mktemp("weights")
-    write_random_checkpoints(folder, seed=0, audio_dir=AUDIO_DIR)
+def weights_dir(request, tmp_path_factory) -> Path:
+    """Folder with seeded random checkpoints under the four published names (read-only files).
+
+    Writing them takes seconds, so they are kept in the pytest cache under a key of the model
+    code, torch version and recordings, and rewritten whenever one of those changes.
+    """
+    file_names = [*MODEL_CHECKPOINTS.values(), *LM_CHECKPOINTS.values()]
+    cache = request.config.cache
+    if cache is None:
+        folder = tmp_path_factory.mktemp("weights")
+        write_random_checkpoints(folder, seed=0, audio_dir=AUDIO_DIR)
+        return folder
+
+    cache_root = Path(cache.mkdir("ecdc_random_weights"))
+    key = random_weights_key()
+    folder = cache_root / key
+    if not all((folder / name).is_file() for name in file_names):
+        staging = Path(tempfile.mkdtemp(prefix="staging-", dir=cache_root))
+        write_random_checkpoints(staging, seed=0, audio_dir=AUDIO_DIR)
+        for path in staging.iterdir():
+            path.chmod(0o444)
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            # Another test session finished the same folder first.
+            shutil.rmtree(staging, ignore_errors=True)
+        prune_stale_weights(cache_root, key)
     return folder

@@ -86,8 +86,15 @@ def test_decode_cut_beyond_output_rejected(tiny_models):
 
 @pytest.mark.parametrize(
     "wav",
-    [torch.zeros(1, 1, 0), torch.zeros(1, 2, 100), torch.zeros(1, 100), torch.zeros(1, 1, 10, dtype=torch.int16)],
-    ids=["empty", "stereo", "two_axes", "integer"],
+    [
+        torch.zeros(1, 1, 0),
+        torch.zeros(1, 2, 100),
+        torch.zeros(1, 100),
+        torch.zeros(1, 1, 10, dtype=torch.int16),
+        torch.tensor([[[0.0, float("nan")]]]),
+        torch.tensor([[[float("inf"), 0.0]]]),
+    ],
+    ids=["empty", "stereo", "two_axes", "integer", "nan", "inf"],
 )
 def test_bad_audio_rejected(tiny_models, wav):
     model = load_model("tiny_24khz")

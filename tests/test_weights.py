@@ -14,7 +14,8 @@ import torch
 
 from ecdc_stream.errors import InvalidArgumentError, ModelNotFoundError
 from ecdc_stream.model import EncodecConfig, EncodecModel, load_lm, load_model, resolve_device
-from ecdc_stream.model.random_weights import random_lm_state, write_random_checkpoints
+from ecdc_stream.model.random_weights import main as random_weights_main
+from ecdc_stream.model.random_weights import random_lm_state
 from ecdc_stream.model.weights import (
     LM_CHECKPOINTS,
     expected_hash_prefix,
@@ -262,6 +263,11 @@ def test_checkpoint_with_wrong_shape_rejected(tmp_path, golden_dir, tiny_model):
         load_checkpoint(tiny_model, path)
 
 
+def test_named_folder_missing(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        find_checkpoint("encodec_24khz-d7cc33bc.th", tmp_path / "absent")
+
+
 def test_unknown_model_name():
     with pytest.raises(ModelNotFoundError, match="encodec_24khz"):
         load_model("encodec_96khz")
@@ -285,9 +291,10 @@ def test_random_lm_state_depends_on_seed():
 
 
 @pytest.mark.slow
-def test_random_checkpoints_same_bytes(tmp_path, weights_dir, audio_dir):
-    written = write_random_checkpoints(tmp_path, seed=0, audio_dir=audio_dir)
-    assert len(written) == 4
+def test_random_checkpoints_same_bytes(tmp_path, weights_dir, audio_dir, capsys):
+    assert random_weights_main([str(tmp_path), "--seed", "0", "--audio-dir", str(audio_dir)]) == 0
+    written = [Path(line) for line in capsys.readouterr().out.split()]
+    assert sorted(path.name for path in written) == sorted(path.name for path in weights_dir.iterdir())
     for path in written:
         assert path.read_bytes() == (weights_dir / path.name).read_bytes(), path.name
     assert not [name for name in leftovers(tmp_path) if name.endswith(".partial")]

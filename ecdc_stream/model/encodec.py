@@ -158,6 +158,8 @@ class EncodecModel(nn.Module):
             raise InvalidAudioError("audio is empty: it must hold at least one sample")
         if not wav.is_floating_point():
             raise InvalidAudioError(f"audio must be floating point, got {wav.dtype}")
+        if not torch.isfinite(wav).all():
+            raise InvalidAudioError("audio contains NaN or infinite samples: clean the input first")
 
     @torch.no_grad()
     def encode_segment(self, wav: torch.Tensor, num_codebooks: int) -> EncodedSegment:
@@ -185,9 +187,12 @@ class EncodecModel(nn.Module):
 
         Without segments there is one pair covering all n samples. With segments, segment i
         covers samples [i * segment_stride, i * segment_stride + segment_length), cut at n.
+        The audio is moved to the model's device as float32, and the codes and scales are
+        returned on that device.
         """
         self._check_audio(wav)
         num_codebooks = self.num_codebooks(bandwidth)
+        wav = wav.to(self.device, torch.float32)
         length = wav.shape[-1]
         segment_length = self.segment_length if self.segment_length is not None else length
 
@@ -224,12 +229,18 @@ class EncodecModel(nn.Module):
 
         n' is the sum the segments cover, which is at least the encoded length and can exceed it
         by less than one frame per segment. With `length`, the output is cut to exactly `length`
-        samples, which must not exceed n'.
+        samples, which must not exceed n'. Codes and scales are moved to the model's device, and
+        the audio is returned on it.
         """
         if not segments:
             raise InvalidArgumentError("there are no segments to decode")
         for segment in segments:
             self._check_segment(segment)
+        device = self.device
+        segments = [
+            (codes.to(device), scale.to(device, torch.float32) if scale is not None else None)
+            for codes, scale in segments
+        ]
 
         if self.segment_length is None:
             if len(segments) != 1:

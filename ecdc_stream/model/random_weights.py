@@ -29,13 +29,13 @@ from .weights import LM_CHECKPOINTS, MODEL_CHECKPOINTS
 logger = logging.getLogger(__name__)
 
 # Recordings published with the reference implementation, in the shared folder beside the
-# repository; without them the codebooks are filled from seeded noise.
-DEFAULT_AUDIO_DIR = Path(__file__).resolve().parents[3] / "shared" / "audio"
+# repository checkout. Without them the codebooks are filled from seeded noise.
+DEFAULT_AUDIO_DIR = Path(__file__).resolve().parent.parent.parent.parent / "shared" / "audio"
 AUDIO_FILES = {"encodec_24khz": "test_24k.wav", "encodec_48khz": "test_48k.wav"}
 
-# Seconds of audio encoded to fill the codebooks: more frames than the 1024 codewords at 75
-# frames/s (24 kHz), and few enough to keep the whole run to seconds.
-FILL_SECONDS = 20
+# Seconds of audio encoded to fill the codebooks. At 24 kHz that is 750 frames for 1024
+# codewords, so some frames serve twice, each time with its own noise (see CODEWORD_NOISE).
+FILL_SECONDS = 10
 
 # Standard deviation of the noise added to each codeword, relative to the residual's standard
 # deviation in each dimension, so that each level leaves a residual for the next one to code.

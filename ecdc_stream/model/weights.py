@@ -116,6 +116,11 @@ def find_checkpoint(
             return candidate
 
     searched = ", ".join(str(folder) for folder in folders)
+    if named is not None and not named.is_dir():
+        raise ModelNotFoundError(
+            f"weights folder {named} does not exist: pass the folder that contains {file_name} "
+            f"with --weights DIR or {WEIGHTS_DIR_ENV}"
+        )
     if named is not None or not download:
         raise ModelNotFoundError(
             f"checkpoint {file_name} not found in {searched}: copy it into {folders[0]} "
