@@ -86,7 +86,7 @@ def random_weights_key() -> str:
 
 
 def prune_stale_weights(cache_root: Path, keep: str, max_age_s: float = 3600.0) -> None:
-    """Delete cached random checkpoints of other keys that nobody has written for an hour."""
+    """Delete cached random checkpoints of other keys that were last written over an hour ago."""
     for entry in cache_root.iterdir():
         if entry.name != keep and time.time() - entry.stat().st_mtime > max_age_s:
             shutil.rmtree(entry, ignore_errors=True)

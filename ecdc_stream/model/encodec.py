@@ -26,9 +26,10 @@ EncodedSegment = tuple[torch.Tensor, torch.Tensor | None]
 def linear_overlap_add(segments: Sequence[torch.Tensor], stride: int) -> torch.Tensor:
     """Overlap-add decoded segments [..., L_i] placed `stride` samples apart.
 
-    Each segment is weighted by a triangle that is 0 just outside its first segment's length L_0
-    and peaks in its middle, and the sum is divided by the sum of the weights. A segment shorter
-    than L_0 (the last one) uses the first L_i weights. Returns [..., stride * (S - 1) + L_last].
+    Every segment is weighted by the same triangle, L_0 samples long (the first segment's
+    length), near 0 at both ends and 0.5 in the middle. A shorter last segment uses the first
+    L_i weights. The weighted sum is divided by the sum of the weights, and the result is
+    [..., stride * (S - 1) + L_last].
     """
     if not segments:
         raise ValueError("overlap-add needs at least one segment")
@@ -207,7 +208,7 @@ class EncodecModel(nn.Module):
             raise InvalidArgumentError("codes must be an integer tensor [batch, codebooks, frames]")
         if not 1 <= codes.shape[1] <= self.config.n_q:
             raise InvalidArgumentError(
-                f"codes hold {codes.shape[1]} codebooks, model {self.name} has 1 to {self.config.n_q}"
+                f"codes contain {codes.shape[1]} codebooks, model {self.name} has 1 to {self.config.n_q}"
             )
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.bins):
             raise InvalidArgumentError(f"codes must lie in [0, {self.bins}) for model {self.name}")
@@ -227,8 +228,8 @@ class EncodecModel(nn.Module):
     def decode(self, segments: Sequence[EncodedSegment], length: int | None = None) -> torch.Tensor:
         """Decode the segments of `encode` into audio [B, C, n'].
 
-        n' is the sum the segments cover, which is at least the encoded length and can exceed it
-        by less than one frame per segment. With `length`, the output is cut to exactly `length`
+        n' is the span the segments cover. It is at least the encoded length and exceeds it by
+        less than hop_length samples, because only the last frame of the last segment is partial. With `length`, the output is cut to exactly `length`
         samples, which must not exceed n'. Codes and scales are moved to the model's device, and
         the audio is returned on it.
         """
