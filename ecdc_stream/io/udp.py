@@ -11,8 +11,9 @@ import logging
 import math
 import socket
 
+from typing import Any
+
 import anyio
-from anyio.abc import SocketAttribute, UDPSocket
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ecdc_stream.io.transport import (
@@ -29,6 +30,33 @@ logger = logging.getLogger(__name__)
 RECEIVE_BUFFER_BYTES = 4 << 20
 
 
+def _wait_readable(sock: socket.socket) -> Any:
+    wait = getattr(anyio, "wait_readable", None) or anyio.wait_socket_readable
+    return wait(sock)
+
+
+def _wait_writable(sock: socket.socket) -> Any:
+    wait = getattr(anyio, "wait_writable", None) or anyio.wait_socket_writable
+    return wait(sock)
+
+
+def _open_socket(url: TransportUrl) -> tuple[socket.socket, Any]:
+    """Return a non-blocking UDP socket of the address family of `url`'s host."""
+    try:
+        infos = socket.getaddrinfo(url.host, url.port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot resolve the host of {url}: {exc.strerror or exc}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return sock, address
+
+
+# The receiver reads the socket itself instead of through anyio's UDP socket, whose asyncio
+# implementation (anyio 4.x) reads eagerly into a queue of 100 datagrams and drops the rest
+# while the application is busy. The kernel's receive buffer holds far more.
+
+
 class UdpSender:
     """Pipeline sink: send each link message (`bytes`) as one datagram to `url`."""
 
@@ -38,26 +66,33 @@ class UdpSender:
         self.url = url
         self.datagrams = 0
         self.bytes_sent = 0
+        self.send_errors = 0
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         """Send every message from `receive` until it ends."""
-        try:
-            sock = await anyio.create_connected_udp_socket(self.url.host, self.url.port)
-        except OSError as exc:
-            raise TransportError(f"cannot open a UDP socket to {self.url}: {exc.strerror or exc}") from None
+        sock, address = _open_socket(self.url)
+        with sock:
+            async with receive, send:
+                async for message in receive:
+                    if len(message) > MAX_DATAGRAM_BYTES:
+                        raise ValueError(f"link message of {len(message)} bytes does not fit a datagram")
+                    await self._send(sock, address, message)
 
-        async with receive, send, sock:
-            async for message in receive:
-                if len(message) > MAX_DATAGRAM_BYTES:
-                    raise ValueError(f"link message of {len(message)} bytes does not fit a datagram")
-                try:
-                    await sock.send(message)
-                except OSError as exc:
-                    # Nobody listening (ICMP port unreachable) is normal before a receiver starts.
-                    logger.debug("datagram to %s not sent: %s", self.url, exc)
-                    continue
-                self.datagrams += 1
-                self.bytes_sent += len(message)
+    async def _send(self, sock: socket.socket, address: Any, message: bytes) -> None:
+        while True:
+            try:
+                sock.sendto(message, address)
+            except BlockingIOError:
+                await _wait_writable(sock)
+                continue
+            except OSError as exc:
+                # Nobody listening (ICMP port unreachable) is normal before a receiver starts.
+                self.send_errors += 1
+                logger.debug("datagram to %s not sent: %s", self.url, exc)
+                return
+            self.datagrams += 1
+            self.bytes_sent += len(message)
+            return
 
 
 class UdpReceiver:
@@ -86,38 +121,37 @@ class UdpReceiver:
         self.start_timeout_s = start_timeout_s
         self.datagrams = 0
         self.timed_out = False
-        self._socket: UDPSocket | None = None
+        self._socket: socket.socket | None = None
 
     async def bind(self) -> int:
         """Open the socket and return the bound port."""
         if self._socket is None:
+            sock, address = _open_socket(self.url)
             try:
-                self._socket = await anyio.create_udp_socket(
-                    family=socket.AF_INET6 if ":" in self.url.host else socket.AF_INET,
-                    local_host=self.url.host,
-                    local_port=self.url.port,
-                )
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+                sock.bind(address)
             except OSError as exc:
+                sock.close()
                 raise TransportError(f"cannot listen on {self.url}: {exc.strerror or exc}") from None
-            raw = self._socket.extra(SocketAttribute.raw_socket)
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            self._socket = sock
         return self.port
 
     @property
     def port(self) -> int:
         """The bound port (0 before `bind`)."""
-        return 0 if self._socket is None else int(self._socket.extra(SocketAttribute.local_port))
+        return 0 if self._socket is None else int(self._socket.getsockname()[1])
 
     async def aclose(self) -> None:
         """Close the socket."""
         if self._socket is not None:
-            await self._socket.aclose()
+            self._socket.close()
             self._socket = None
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         """Receive until the stream ends or times out, sending each link event to `send`."""
         await self.bind()
-        assert self._socket is not None
+        sock = self._socket
+        assert sock is not None
         end_deadline: float | None = None
 
         async with receive, send:
@@ -130,7 +164,7 @@ class UdpReceiver:
 
                     datagram = None
                     with anyio.move_on_after(timeout):
-                        datagram, _ = await self._socket.receive()
+                        datagram = await self._receive(sock)
                     if datagram is None:
                         if end_deadline is None:
                             self.timed_out = True
@@ -144,3 +178,15 @@ class UdpReceiver:
                         await send.send(event)
             finally:
                 await self.aclose()
+
+    @staticmethod
+    async def _receive(sock: socket.socket) -> bytes:
+        while True:
+            try:
+                # Datagrams above the safe size are read whole (up to 64 KiB) and then rejected.
+                return sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                await _wait_readable(sock)
+            except ConnectionRefusedError:
+                # An ICMP error from an earlier send on this socket; the socket stays usable.
+                continue

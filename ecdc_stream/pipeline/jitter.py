@@ -301,6 +301,7 @@ class JitterBuffer:
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         """Pipeline stage: link events in, `Packet | Gap` in sequence order out."""
+        self.stats.started_at = anyio.current_time()
         async with receive, send:
             while True:
                 deadline = None if self.virtual_clock else self.deadline

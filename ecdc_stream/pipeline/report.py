@@ -26,6 +26,7 @@ class LinkStats:
     chunks_expected: the chunk count announced by the sender's end message or header, or None.
     first_sequence: sequence number of the first chunk in the output.
     rejected: messages dropped before they reached the jitter buffer, by reason.
+    started_at: when the jitter buffer started (s, anyio clock), after the model was loaded.
     """
 
     sample_rate: int = 0
@@ -41,6 +42,7 @@ class LinkStats:
     first_sequence: int = 0
     end_received: bool = False
     rejected: Counter[str] = field(default_factory=Counter)
+    started_at: float | None = None
 
     def report(self, snr_db: float | None = None, identical: bool = False, extra: dict[str, Any] | None = None) -> "LinkReport":
         """Freeze the counters into a `LinkReport`, with the SNR against a clean decode if measured."""

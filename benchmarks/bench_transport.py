@@ -1,0 +1,184 @@
+"""Throughput of the transports on loopback, and whether a receiver keeps up with a live stream.
+
+Part 1 (link only, no model): chunks per second through the UDP sender (link framing and
+`sendto`) and through the UDP receiver (datagram decoding, reassembly, jitter buffer), for
+chunk sizes of a 24 kHz stream at 6 kbps (about 800 bytes per 1 s chunk) and of a 48 kHz
+stream at 24 kbps (about 3 kB, sent in 3 fragments).
+
+Part 2 (full receiver): a 48 kHz stream at 6 kbps is sent unpaced over UDP loopback to the
+receiver of `ecdc-stream receive` (jitter buffer, acv=4 decoding with the exact LM, EnCodec
+decoder, concealment). The receiver's speed in seconds of audio per second must exceed 1 for it
+to keep up with a live stream; the margin is that speed minus 1.
+
+    python benchmarks/bench_transport.py                 # both parts; part 2 needs weights
+    python benchmarks/bench_transport.py --link-only
+    python benchmarks/bench_transport.py --weights DIR   # published or random checkpoints
+
+Without --weights and ECDC_STREAM_WEIGHTS, part 2 writes seeded random checkpoints to a
+temporary folder (the speed does not depend on the weights' values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import struct
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+from ecdc_stream.io.transport import MAX_FRAGMENT_BYTES, LinkDecoder, LinkFramer, parse_url
+from ecdc_stream.io.udp import UdpReceiver, UdpSender
+from ecdc_stream.pipeline.core import run_stages
+from ecdc_stream.pipeline.jitter import JitterBuffer
+from ecdc_stream.pipeline.records import Packet
+from ecdc_stream.pipeline.report import LinkStats
+
+RECORDING_48K = Path(__file__).resolve().parents[2] / "shared" / "audio" / "test_48k.wav"
+METADATA = {"model": "benchmark"}
+
+
+def framed(sequence: int, size: int) -> Packet:
+    payload = np.random.default_rng(sequence).bytes(size)
+    return Packet(sequence, struct.pack("!II", len(payload), zlib.crc32(payload)) + payload)
+
+
+def list_source(items: list[Any]):
+    async def source(receive, send):
+        async with receive, send:
+            for item in items:
+                await send.send(item)
+
+    return source
+
+
+async def discard(receive, send):
+    async with receive, send:
+        async for _ in receive:
+            pass
+
+
+async def sender_throughput(count: int, size: int) -> float:
+    """Return the chunks per second that link framing and `sendto` sustain for `size`-byte chunks.
+
+    The datagrams go to a bound socket that nobody reads: the kernel drops what overflows.
+    """
+    packets = [framed(i, size) for i in range(count)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        port = sink.getsockname()[1]
+        framer = LinkFramer(1, METADATA, lambda: (count, count), header_every=16, max_fragment_bytes=MAX_FRAGMENT_BYTES)
+        start = time.perf_counter()
+        await run_stages(list_source(packets), framer, UdpSender(parse_url(f"udp://127.0.0.1:{port}")))
+        return count / (time.perf_counter() - start)
+
+
+async def receiver_throughput(count: int, size: int) -> tuple[float, int]:
+    """Return (chunks per second, chunks received) of the UDP receiver and jitter buffer.
+
+    The datagrams wait in the receiver's socket buffer before it starts, so the time is the
+    receiver's own work.
+    """
+    framer = LinkFramer(1, METADATA, lambda: (count, count), header_every=16, max_fragment_bytes=MAX_FRAGMENT_BYTES)
+    messages = [m for i in range(count) for m in framer.frame(framed(i, size))] + framer.finish()
+    receiver = UdpReceiver(parse_url("udp://127.0.0.1:0"), LinkDecoder(), idle_timeout_s=0.5, linger_s=0.0)
+    port = await receiver.bind()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for message in messages:
+            raw.sendto(message, ("127.0.0.1", port))
+
+    stats = LinkStats(sample_rate=1)
+    buffer = JitterBuffer(lambda s, t: 1, window_ms=200, stats=stats)
+    start = time.perf_counter()
+    await run_stages(receiver, buffer, discard)
+    return stats.received / (time.perf_counter() - start), stats.received
+
+
+def run_link_part() -> None:
+    print("link only, UDP on 127.0.0.1:")
+    print(f"{'chunk bytes':>12} {'sender chunks/s':>16} {'receiver chunks/s':>18} {'received':>9}")
+    for size in (800, 3000):
+        # The receiver's batch must fit its 4 MiB socket buffer (the kernel counts about
+        # twice the payload per datagram).
+        count = 1500 if size < 1000 else 400
+        sent = anyio.run(sender_throughput, 10 * count, size)
+        received, got = anyio.run(receiver_throughput, count, size)
+        print(f"{size:12d} {sent:16.0f} {received:18.0f} {got:5d}/{count}")
+    print("a live stream of 1 s chunks needs 1 chunk/s; of 0.25 s chunks, 4 chunks/s")
+
+
+def run_full_part(weights: str | None) -> None:
+    from ecdc_stream.commands.receive import receive_stream
+    from ecdc_stream.commands.send import ChunkCounter, file_source_stage, load_sender_model, prepare_encoding
+
+    model = load_sender_model("48khz", weights)
+    source, total = file_source_stage(str(RECORDING_48K), model)
+    encoding = prepare_encoding(model, 6.0, 1.0, weights=weights, total_samples=total)
+
+    # Encode once into framed chunks, then time only the receiver.
+    packets: list[Packet] = []
+
+    async def collect(receive, send):
+        async with receive, send:
+            async for packet in receive:
+                packets.append(packet)
+
+    pipeline = encoding.stages(source)
+    pipeline.append("collect", collect)
+    anyio.run(pipeline.run)
+    seconds = encoding.counter.samples / model.sample_rate
+
+    async def measure() -> tuple[float, Any]:
+        link = LinkDecoder()
+        receiver = UdpReceiver(parse_url("udp://127.0.0.1:0"), link, idle_timeout_s=5.0, linger_s=0.0)
+        port = await receiver.bind()
+        framer = LinkFramer(7, encoding.params.to_metadata(), ChunkCounter().totals, 4, MAX_FRAGMENT_BYTES)
+        framer.end_totals = lambda: (len(packets), encoding.counter.samples)
+        sender = UdpSender(parse_url(f"udp://127.0.0.1:{port}"))
+        result = None
+
+        async def run_receiver():
+            nonlocal result
+            result = await receive_stream(receiver, link, weights=weights, window_ms=200)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_receiver)
+            await run_stages(list_source(packets), framer, sender)
+        # The jitter buffer starts once the model is loaded; the chunks wait in the socket.
+        return anyio.current_time() - result.stats.started_at, result
+
+    elapsed, result = anyio.run(measure)
+    speed = seconds / elapsed
+    print(f"\nfull receiver, 48 kHz model at 6 kbps, {seconds:.1f} s of audio in {len(packets)} chunks:")
+    print(f"  {elapsed:.2f} s from the model being loaded to the last sample, {speed:.2f} s of audio per s")
+    print(f"  received {result.stats.received}, lost {result.stats.lost}, corrupt {result.stats.corrupt}")
+    print(f"  keeps up with a live stream: {'yes' if speed > 1 else 'NO'} (margin {speed - 1:+.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--link-only", action="store_true", help="skip the full receiver (no model needed)")
+    parser.add_argument("--weights", default=os.environ.get("ECDC_STREAM_WEIGHTS"), help="folder of the checkpoint files")
+    args = parser.parse_args()
+
+    run_link_part()
+    if args.link_only:
+        return
+    weights = args.weights
+    if weights is None:
+        from ecdc_stream.model.random_weights import write_random_checkpoints
+
+        weights = tempfile.mkdtemp(prefix="ecdc_bench_weights_")
+        print(f"\nwriting random checkpoints to {weights}")
+        write_random_checkpoints(Path(weights), seed=0, audio_dir=RECORDING_48K.parent)
+    run_full_part(weights)
+
+
+if __name__ == "__main__":
+    main()
