@@ -2,7 +2,7 @@
 reordering, delay and jitter.
 
 `FaultInjector` is a pipeline stage over `Packet` records, so it fits between any two stages
-that pass packets: after the acv=4 framer (faults hit the framed chunks, and a receiver sees a
+that pass packets: after the acv=4 framer (faults hit the framed chunks, and a receiver counts a
 damaged chunk as corrupt) or after the link framer (faults hit whole datagrams or stream
 messages). Every random choice comes from generators seeded by `FaultConfig.seed`, one per kind
 of fault, so the same seed and input give the same faults, and changing one rate leaves the
@@ -54,7 +54,7 @@ def _check_probability(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """What faults to inject, each independent of the others.
+    """Faults to inject, each kind independent of the others.
 
     loss: probability of dropping a packet.
     burst: Gilbert-Elliott burst loss on top of `loss`, or None.
@@ -99,7 +99,7 @@ class FaultConfig:
         return not burst and not any(rates)
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values."""
+        """Return the configuration as JSON-ready values."""
         burst = None if self.burst is None else vars(self.burst).copy()
         return {
             "loss": self.loss,
@@ -117,7 +117,7 @@ class FaultConfig:
 
 @dataclass
 class FaultRecord:
-    """What an injector did, by sequence number, in the order it happened.
+    """Record of an injector's actions, by sequence number, in the order they happened.
 
     sent: packets that entered the injector.
     dropped: sequence numbers of dropped packets.
@@ -286,7 +286,12 @@ class FaultModel:
         out: list[tuple[Packet, float]] = []
         while self._heap:
             self._release(heapq.heappop(self._heap), out)
-        last = out[-1][1] if out else (self.record.delivered[-1][1] if self.record.delivered else 0.0)
+        # Held packets go out with the last delivery, since no later packet passes them.
+        last = 0.0
+        if out:
+            last = out[-1][1]
+        elif self.record.delivered:
+            last = self.record.delivered[-1][1]
         for _, packet in self._held:
             self._deliver(packet, last, out)
         self._held.clear()

@@ -1,4 +1,4 @@
-"""Fault injection: seeded, each kind of fault does what it says, and the record is exact."""
+"""Fault injection: seeded, each kind of fault behaves as documented, and the record is exact."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ loses the first datagram still decodes), loads the model it names, and runs
 
 Chunks that never arrive, arrive too late or fail their CRC become faded silence of exactly
 their duration. The output covers the stream from chunk 0 to the end announced by the sender's
-end message (or the header's total length); if every end message is lost, it ends with the last
+end message (or the header's total length). If every end message is lost, it ends with the last
 chunk that arrived. `receive_stream` is the same receiver for Python callers and `simulate`.
 """
 
@@ -45,7 +45,7 @@ MAX_EVENTS_BEFORE_HEADER = 256
 
 @dataclass
 class ReceiveResult:
-    """What a receiver produced.
+    """Output of a receiver.
 
     audio: the decoded audio `[C, n]` float32 when it was kept, else None.
     chunks: the codes of every chunk that arrived intact, by sequence number, when kept.
@@ -171,7 +171,7 @@ class AudioTap:
                 await send.send(block)
 
     def audio(self, channels: int) -> np.ndarray | None:
-        """The kept audio `[C, n]`, or None when nothing was kept."""
+        """Return the kept audio `[C, n]`, or None when the tap keeps none."""
         if self.blocks is None:
             return None
         if not self.blocks:
@@ -305,7 +305,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "and write it to a sound file or play it. Prints a report of what arrived.",
     )
     parser.add_argument("url", help="where to listen: udp://HOST:PORT, tcp://HOST:PORT, or - for standard input")
-    parser.add_argument("output", nargs="?", default=None, help="sound file to write (WAV unless the suffix says otherwise)")
+    parser.add_argument("output", nargs="?", default=None, help="sound file to write (WAV unless the suffix names another format)")
     parser.add_argument("--play", action="store_true", help="play the stream on the speakers")
     parser.add_argument("--output-device", default=None, metavar="N", help="PortAudio output device for --play")
     parser.add_argument(

@@ -5,7 +5,7 @@ The sender runs
     audio source -> EnCodec encoder -> acv=4 chunk coder -> [fault injection] -> [pacing] -> link framing -> transport
 
 Fault options (`--loss`, `--burst`, `--ber`, ...) damage the stream on its way out, so a
-receiver on the same machine sees a bad link. With `--fault-layer chunk` (the default) the
+receiver on the same machine gets a bad link. With `--fault-layer chunk` (the default) the
 faults hit framed chunks, and the receiver counts each damaged chunk as corrupt; with `wire`
 they hit the link messages themselves (headers, fragments, length fields), as a real link does.
 A file is sent at the pace of live audio unless `--speed` says otherwise.

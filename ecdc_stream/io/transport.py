@@ -17,8 +17,8 @@ Every transport carries *link messages*. A message starts with a fixed 30-byte p
 
 and the body follows. A chunk message's body is the framed acv=4 chunk
 (`[u32 payload length][u32 CRC-32][payload]`), or one fragment of it. A header message's body
-is the .ecdc header (magic, version, JSON metadata) of the stream; senders repeat it at
-intervals so that a receiver that starts late or loses the first datagram still decodes. An
+is the .ecdc header (magic, version, JSON metadata) of the stream. Senders repeat it at
+intervals, so a receiver that starts late or loses the first datagram still decodes. An
 end message's body is JSON `{"chunks": N, "total_samples": S}`; senders send it several times.
 
 UDP sends one message per datagram and splits a chunk larger than `MAX_FRAGMENT_BYTES` into
@@ -99,7 +99,7 @@ def header_message(stream_id: int, metadata: dict[str, Any], repeat: int = 0) ->
 
 
 def end_message(stream_id: int, num_chunks: int, total_samples: int) -> bytes:
-    """Encode the end message: the stream holds `num_chunks` chunks and `total_samples` samples."""
+    """Encode the end message: the stream has `num_chunks` chunks and `total_samples` samples."""
     body = json.dumps({"chunks": num_chunks, "total_samples": total_samples}).encode()
     return _message(KIND_END, stream_id, num_chunks, body)
 
@@ -139,7 +139,7 @@ class StreamHeader:
 
 @dataclass(frozen=True)
 class StreamEnd:
-    """The sender's end message: the stream holds `num_chunks` chunks and `total_samples` samples."""
+    """The sender's end message: the stream has `num_chunks` chunks and `total_samples` samples."""
 
     num_chunks: int
     total_samples: int
@@ -159,8 +159,8 @@ LinkEvent = Union[StreamHeader, StreamEnd, Packet, DamagedChunk]
 class Arrival:
     """An item with the time it arrived at the receiver, in s, on the link's clock.
 
-    Stages on a virtual clock (fault injection in `simulate`) stamp items this way; a receiver
-    stamps unstamped items with the real clock when it takes them.
+    Stages on a virtual clock (fault injection in `simulate`) stamp items this way. A receiver
+    stamps other items with the real clock when it takes them.
     """
 
     item: Any

@@ -1,8 +1,8 @@
 """UDP transport: one link message per datagram, on any host and port the caller names.
 
-The sender fragments chunks larger than `MAX_FRAGMENT_BYTES` (see `ecdc_stream.io.transport`
-for the message format); the receiver reassembles them, or drops a chunk whose fragments do not
-all arrive. Datagrams are at most `MAX_DATAGRAM_BYTES` (1232) bytes, so IP never fragments them.
+The sender fragments chunks larger than `MAX_FRAGMENT_BYTES` (`ecdc_stream.io.transport`
+describes the message format). The receiver reassembles them, or drops a chunk whose fragments
+do not all arrive. Datagrams are at most `MAX_DATAGRAM_BYTES` (1232) bytes, so IP never fragments them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ecdc_stream.io.transport import (
 
 logger = logging.getLogger(__name__)
 
-# A receive buffer of 4 MiB holds several seconds of any stream while the receiver is busy.
+# A receive buffer of 4 MiB keeps several seconds of any stream while the receiver is busy.
 RECEIVE_BUFFER_BYTES = 4 << 20
 
 
@@ -54,7 +54,7 @@ def _open_socket(url: TransportUrl) -> tuple[socket.socket, Any]:
 
 # The receiver reads the socket itself instead of through anyio's UDP socket, whose asyncio
 # implementation (anyio 4.x) reads eagerly into a queue of 100 datagrams and drops the rest
-# while the application is busy. The kernel's receive buffer holds far more.
+# while the application is busy. The kernel's receive buffer keeps far more.
 
 
 class UdpSender:
@@ -86,7 +86,7 @@ class UdpSender:
                 await _wait_writable(sock)
                 continue
             except OSError as exc:
-                # Nobody listening (ICMP port unreachable) is normal before a receiver starts.
+                # No listener yet (ICMP port unreachable) is normal before a receiver starts.
                 self.send_errors += 1
                 logger.debug("datagram to %s not sent: %s", self.url, exc)
                 return

@@ -7,7 +7,7 @@ the first one on, in order, either the `Packet` (arrived intact) or a `Gap` (los
 When chunk n is missing but a later chunk (or the end message) has arrived, the buffer waits up
 to `window_ms` from the first arrival of such evidence, then gives chunk n up as lost. A copy of
 chunk n that arrives after that is counted late and dropped. The buffer holds at most
-`max_ahead` chunks beyond the next one to release; anything further ahead, and anything beyond
+`max_ahead` chunks beyond the next one to release. Anything further ahead, and anything beyond
 the announced end, is dropped and counted, so hostile sequence numbers cannot grow it.
 """
 

@@ -71,7 +71,7 @@ class LinkReport:
     """The final report of a receiver (see the module docstring for what each count means).
 
     snr_db: SNR of the received audio against a clean decode, in dB, or None when no reference
-    was given or the two are identical (`identical_to_reference` then says which).
+    was given or the two are identical (`identical_to_reference` tells the two cases apart).
     extra: further JSON-ready facts, such as the injector's own summary in `simulate`.
     """
 
@@ -92,7 +92,7 @@ class LinkReport:
     extra: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready values."""
+        """Return the report as JSON-ready values."""
         return {
             "chunks_sent": self.chunks_sent,
             "chunks_received": self.chunks_received,
@@ -112,11 +112,11 @@ class LinkReport:
         }
 
     def to_json(self) -> str:
-        """The report as one JSON object (strict JSON: no NaN or Infinity)."""
+        """Return the report as one JSON object (strict JSON: no NaN or Infinity)."""
         return json.dumps(self.to_dict(), allow_nan=False)
 
     def format_text(self) -> str:
-        """The report as aligned lines for a terminal."""
+        """Format the report as aligned lines for a terminal."""
         sent = "unknown (end marker lost)" if self.chunks_sent is None else str(self.chunks_sent)
         if self.identical_to_reference:
             snr = "identical to the clean decode"
