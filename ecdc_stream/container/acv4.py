@@ -558,7 +558,7 @@ class ChunkCoder:
         state = self.lm.start(batch, max_frames)
         previous: torch.Tensor | None = None
         for frame in range(max_frames):
-            counts = self.counts(self.lm.step(state, previous))
+            counts = self.counts(self.lm.step(state, previous, check=False))
             cdfs = cdf_builder.cdf_from_counts(counts).cpu().numpy()  # [B, K, card + 1]
             for b, decoder in enumerate(decoders):
                 if frame >= chunks[b].frames or b in failures:

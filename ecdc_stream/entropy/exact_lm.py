@@ -73,6 +73,9 @@ LOGIT_LIMIT = 1 << (LOGIT_FRAC_BITS + 24)
 GAIN_LIMIT = 1 << (WEIGHT_FRAC_BITS + 10)
 
 LAYER_NORM_EPS = 1e-5
+
+# The LayerNorm gain multiplies a value at 2^NORM_FRAC_BITS; this shift brings it to 2^ACT_FRAC_BITS.
+AFFINE_SHIFT = NORM_FRAC_BITS + WEIGHT_FRAC_BITS - ACT_FRAC_BITS
 MAX_PERIOD = 10000
 
 # Queries of a teacher-forced pass are processed in blocks of this many frames, which bounds the
@@ -96,8 +99,11 @@ def _round_shift(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _round_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Divide int64 tensors with a positive denominator, rounding halves up."""
-    return torch.div(2 * numerator + denominator, 2 * denominator, rounding_mode="floor")
+    """Divide int64 tensors with a positive denominator, rounding halves up.
+
+    floor((n + floor(d / 2)) / d) equals floor((2n + d) / 2d) for integers.
+    """
+    return torch.div(numerator + (denominator >> 1), denominator, rounding_mode="floor")
 
 
 def _isqrt(n: torch.Tensor) -> torch.Tensor:
@@ -106,9 +112,10 @@ def _isqrt(n: torch.Tensor) -> torch.Tensor:
     The float64 estimate is within one of the answer (its error is below 2^-20 at roots below
     2^31), and one integer comparison in each direction corrects it.
     """
-    root = torch.floor(torch.sqrt(n.to(torch.float64))).to(torch.int64)
-    root = root - (root * root > n).to(torch.int64)
-    return root + ((root + 1) * (root + 1) <= n).to(torch.int64)
+    root = torch.sqrt(n.to(torch.float64)).to(torch.int64)  # truncation is floor here
+    root = torch.where(root * root > n, root - 1, root)
+    above = root + 1
+    return torch.where(above * above <= n, above, root)
 
 
 def _fixed_point(tensor: torch.Tensor, bits: int, name: str) -> torch.Tensor:
@@ -127,14 +134,21 @@ class _Linear:
     """A linear layer: `weight` float64 `[n_in, n_out]` of integers at 2^WEIGHT_FRAC_BITS,
     `bias` int64 `[n_out]` at 2^PRODUCT_FRAC_BITS, and the clamp `input_limit` of its input."""
 
+
     weight: torch.Tensor
     bias: torch.Tensor
+    rounding_bias: torch.Tensor  # bias + 2^(WEIGHT_FRAC_BITS - 1), for a fused rounding
     input_limit: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Apply to int64 `[..., n_in]` at 2^ACT_FRAC_BITS; returns int64 at 2^PRODUCT_FRAC_BITS."""
         clamped = torch.clamp(x, -self.input_limit, self.input_limit).to(torch.float64)
         return integer_matmul(clamped, self.weight).to(torch.int64) + self.bias
+
+    def rounded(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply and round to 2^ACT_FRAC_BITS: the same as _round_shift(self(x), WEIGHT_FRAC_BITS)."""
+        clamped = torch.clamp(x, -self.input_limit, self.input_limit).to(torch.float64)
+        return (integer_matmul(clamped, self.weight).to(torch.int64) + self.rounding_bias) >> WEIGHT_FRAC_BITS
 
 
 def _make_linear(weight: torch.Tensor, bias: torch.Tensor, name: str, device: torch.device) -> _Linear:
@@ -152,6 +166,7 @@ def _make_linear(weight: torch.Tensor, bias: torch.Tensor, name: str, device: to
     return _Linear(
         weight=fixed_weight.t().contiguous().to(device, torch.float64),
         bias=fixed_bias.to(device),
+        rounding_bias=(fixed_bias + (1 << (WEIGHT_FRAC_BITS - 1))).to(device),
         input_limit=input_limit,
     )
 
@@ -164,6 +179,7 @@ class _Norm:
     gain: torch.Tensor
     bias: torch.Tensor
     eps_term: int
+    rounding_bias: torch.Tensor  # bias * 2^AFFINE_SHIFT + 2^(AFFINE_SHIFT - 1), for a fused rounding
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise int64 `[..., dim]` at 2^ACT_FRAC_BITS over its last axis."""
@@ -177,15 +193,17 @@ class _Norm:
 
         # Scale the energy by 4^shift into [2^58, 2^61), where its root keeps 24 bits or more.
         # frexp of the rounded float gives the bit length or one more, both safe here.
+        # The energy is below 2^61, so the exponent is at most 61 and the shift is not negative.
         _, exponent = torch.frexp(energy.to(torch.float64))
-        shift = torch.clamp(torch.div(61 - exponent.to(torch.int64), 2, rounding_mode="floor"), min=0)
-        root = _isqrt(torch.div(energy << (2 * shift), dim, rounding_mode="floor"))
+        shift = (61 - exponent) >> 1  # int32, which shifts int64 values as int64
+        root = _isqrt(torch.div(energy << (shift << 1), dim, rounding_mode="floor"))
 
         # root ~ std * 2^(ACT_FRAC_BITS + shift), so centred * 2^(NORM_FRAC_BITS + shift) / root
         # is the normalised value at 2^NORM_FRAC_BITS. |centred| * 2^shift < 2^31 bounds the numerator.
-        normalised = _round_divide(centred << (NORM_FRAC_BITS + shift), root)
-        scaled = _round_shift(normalised * self.gain, NORM_FRAC_BITS + WEIGHT_FRAC_BITS - ACT_FRAC_BITS)
-        return scaled + self.bias
+        normalised = _round_divide(centred << (shift + NORM_FRAC_BITS), root)
+
+        # round(normalised * gain / 2^AFFINE_SHIFT) + bias, in one shift: the bias is a multiple of 2^AFFINE_SHIFT there.
+        return (normalised * self.gain + self.rounding_bias) >> AFFINE_SHIFT
 
 
 def _make_norm(weight: torch.Tensor, bias: torch.Tensor, name: str, device: torch.device) -> _Norm:
@@ -193,7 +211,8 @@ def _make_norm(weight: torch.Tensor, bias: torch.Tensor, name: str, device: torc
     gain = torch.clamp(_fixed_point(weight, WEIGHT_FRAC_BITS, f"{name}.weight"), -GAIN_LIMIT, GAIN_LIMIT)
     fixed_bias = torch.clamp(_fixed_point(bias, ACT_FRAC_BITS, f"{name}.bias"), -NORM_INPUT_LIMIT, NORM_INPUT_LIMIT)
     eps_term = max(1, round(Fraction(LAYER_NORM_EPS) * dim * (1 << (2 * ACT_FRAC_BITS))))
-    return _Norm(gain=gain.to(device), bias=fixed_bias.to(device), eps_term=eps_term)
+    rounding_bias = (fixed_bias << AFFINE_SHIFT) + (1 << (AFFINE_SHIFT - 1))
+    return _Norm(gain=gain.to(device), bias=fixed_bias.to(device), eps_term=eps_term, rounding_bias=rounding_bias.to(device))
 
 
 @dataclass(frozen=True)
@@ -254,6 +273,7 @@ class ExactLM:
         self._convert(state_dict)
         self._exp = torch.from_numpy(tables.exp_table(SCORE_FRAC_BITS, ATTENTION_EXP_BITS).copy()).to(self.device)
         self._phi = torch.from_numpy(tables.normal_cdf_table().copy()).to(self.device)
+        self._phi_slope = self._phi[1:] - self._phi[:-1]
         self._positions = torch.zeros(0, self.dim, dtype=torch.int64, device=self.device)
         self._fingerprint: str | None = None
 
@@ -377,8 +397,7 @@ class ExactLM:
         projected = layer.in_proj(x).view(batch, frames, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         queries = torch.clamp(projected[0], -PRE_SCALE_LIMIT, PRE_SCALE_LIMIT) * self.query_scale
         queries = _round_shift(queries, PRODUCT_FRAC_BITS + QUERY_SCALE_BITS - ACT_FRAC_BITS)
-        keys = _round_shift(projected[1], PRODUCT_FRAC_BITS - ACT_FRAC_BITS)
-        values = _round_shift(projected[2], PRODUCT_FRAC_BITS - ACT_FRAC_BITS)
+        keys, values = _round_shift(projected[1:], PRODUCT_FRAC_BITS - ACT_FRAC_BITS)
         limit = self.query_key_limit
         return (
             torch.clamp(queries, -limit, limit).to(torch.float64),
@@ -413,21 +432,18 @@ class ExactLM:
 
     def _finish_layer(self, layer: _Layer, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Apply the output projection, both residual connections, norms and the feed-forward."""
-        x = layer.norm1(x + _round_shift(layer.out_proj(attended), WEIGHT_FRAC_BITS))
-        hidden = _round_shift(layer.linear1(x), WEIGHT_FRAC_BITS)
-        hidden = self._gelu(torch.clamp(hidden, -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
-        return layer.norm2(x + _round_shift(layer.linear2(hidden), WEIGHT_FRAC_BITS))
+        x = layer.norm1(x + layer.out_proj.rounded(attended))
+        hidden = self._gelu(torch.clamp(layer.linear1.rounded(x), -GELU_INPUT_LIMIT, GELU_INPUT_LIMIT))
+        return layer.norm2(x + layer.linear2.rounded(hidden))
 
     def _gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GELU of int64 at 2^ACT_FRAC_BITS: x * Phi(x), Phi linearly interpolated in its table."""
         reach = tables.PHI_RANGE << ACT_FRAC_BITS
         step_shift = ACT_FRAC_BITS - tables.PHI_STEP_BITS
-        inside = torch.clamp(x, -reach, reach - 1)
-        steps = inside >> step_shift
-        fraction = inside - (steps << step_shift)
-        index = steps + (tables.PHI_RANGE << tables.PHI_STEP_BITS)
-        left = self._phi[index]
-        phi = left + (((self._phi[index + 1] - left) * fraction) >> step_shift)
+        inside = torch.clamp(x, -reach, reach - 1) + reach
+        index = inside >> step_shift
+        fraction = inside & ((1 << step_shift) - 1)
+        phi = self._phi[index] + ((self._phi_slope[index] * fraction) >> step_shift)
         return _round_shift(x * phi, tables.PHI_BITS)
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -509,10 +525,11 @@ class ExactLM:
             values.append(value_cache)
         return ExactLMState(keys=keys, values=values, frames=0)
 
-    def step(self, state: ExactLMState, previous_codes: torch.Tensor | None) -> torch.Tensor:
+    def step(self, state: ExactLMState, previous_codes: torch.Tensor | None, check: bool = True) -> torch.Tensor:
         """Advance every stream by one frame and return that frame's logits int64 `[B, K, card]`.
 
         previous_codes: int64 `[B, K]`, the codes of the frame before, or None at the first frame.
+        check: validate previous_codes; a caller that decoded them itself may skip it.
         """
         batch = state.keys[0].shape[0]
         if previous_codes is None:
@@ -520,7 +537,8 @@ class ExactLM:
                 raise ValueError(f"previous codes are needed after the first frame (at frame {state.frames})")
             inputs = torch.zeros(batch, self.num_codebooks, 1, dtype=torch.int64, device=self.device)
         else:
-            inputs = self._check_codes(torch.as_tensor(previous_codes).view(batch, self.num_codebooks, 1)) + 1
+            inputs = torch.as_tensor(previous_codes, device=self.device).view(batch, self.num_codebooks, 1)
+            inputs = (self._check_codes(inputs) if check else inputs) + 1
 
         frame = state.frames
         slot = frame + 1
