@@ -19,7 +19,7 @@ from ecdc_stream.pipeline.jitter import JitterBuffer
 from ecdc_stream.pipeline.records import Gap, Packet
 from ecdc_stream.pipeline.report import LinkStats
 
-METADATA = {"m": "tiny_24khz", "acv": 4, "sr": 24000}
+METADATA = {"model": "tiny_24khz", "acv": 4, "sample_rate": 24000}
 CHUNK = 1000
 
 

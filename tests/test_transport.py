@@ -31,7 +31,7 @@ from ecdc_stream.io.transport import (
 )
 from ecdc_stream.pipeline.records import Packet
 
-METADATA = {"m": "tiny_24khz", "acv": 4, "sr": 24000}
+METADATA = {"model": "tiny_24khz", "acv": 4, "sample_rate": 24000}
 
 
 def framed(sequence: int, size: int = 300) -> Packet:
@@ -230,7 +230,7 @@ def test_decoder_rejects_malformed(name, datagram, reason):
 def test_decoder_rejects_foreign_and_mismatched_headers():
     decoder = LinkDecoder()
     decoder.feed_datagram(header_message(5, METADATA))
-    other_model = dict(METADATA, m="encodec_48khz")
+    other_model = dict(METADATA, model="encodec_48khz")
     assert decoder.feed_datagram(header_message(6, other_model)) == []
     assert decoder.feed_datagram(header_message(5, other_model)) == []
     assert decoder.feed_datagram(chunk_messages(6, framed(1))[0]) == []
@@ -243,3 +243,17 @@ def test_decoder_rejects_unexpected_model():
     assert decoder.feed_datagram(header_message(5, METADATA)) == []
     assert decoder.rejected["foreign_model"] == 1
     assert decoder.header is None
+
+
+def test_end_message_checked_against_header():
+    decoder = LinkDecoder()
+    assert decoder.feed_datagram(end_message(5, 3, 3000)) == []
+    assert decoder.rejected["end_before_header"] == 1
+
+    header = dict(METADATA, total_samples=2500, chunk_samples=1000)
+    decoder.feed_datagram(header_message(5, header))
+    assert decoder.feed_datagram(end_message(5, 2, 2000)) == []
+    assert decoder.rejected["end_mismatch"] == 1
+    assert decoder.feed_datagram(end_message(5, 2, 2500)) == []
+    assert decoder.rejected["bad_end"] == 1
+    assert decoder.feed_datagram(end_message(5, 3, 2500)) == [StreamEnd(3, 2500)]

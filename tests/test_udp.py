@@ -29,7 +29,7 @@ from ecdc_stream.pipeline.jitter import DEFAULT_MAX_AHEAD, JitterBuffer
 from ecdc_stream.pipeline.records import Gap, Packet
 from ecdc_stream.pipeline.report import LinkStats
 
-METADATA = {"m": "tiny_24khz", "acv": 4, "sr": 24000}
+METADATA = {"model": "tiny_24khz", "acv": 4, "sample_rate": 24000}
 CHUNK = 1000
 STREAM_ID = 4242
 
@@ -173,8 +173,8 @@ def hostile_datagrams(rng: np.random.Generator) -> list[tuple[str, bytes]]:
         ("wrong_magic", b"RIFF" + chunk_messages(STREAM_ID, framed(1, 100))[0][4:]),
         ("replayed", chunk_messages(STREAM_ID, framed(1, 100))[0]),
         ("far_future", chunk_messages(STREAM_ID, framed(far, 100))[0]),
-        ("other_model", header_message(STREAM_ID, dict(METADATA, m="encodec_48khz"))),
-        ("other_stream_header", header_message(STREAM_ID + 1, dict(METADATA, m="encodec_48khz"))),
+        ("other_model", header_message(STREAM_ID, dict(METADATA, model="encodec_48khz"))),
+        ("other_stream_header", header_message(STREAM_ID + 1, dict(METADATA, model="encodec_48khz"))),
         ("fragment_flood", fragment),
         ("bad_end", _message(3, STREAM_ID, 7, b'{"chunks": 7, "total_samples": "many"}')),
     ]

@@ -37,6 +37,9 @@ from ecdc_stream.pipeline.records import AudioBlock, CodeChunk, Gap, Packet
 from ecdc_stream.pipeline.report import LinkReport, LinkStats, snr_db
 from ecdc_stream.pipeline.stages import ChunkDecoder, DecoderStage
 
+if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
+    from exceptiongroup import BaseExceptionGroup
+
 logger = logging.getLogger(__name__)
 
 # Link events held while waiting for the stream header; older ones are dropped beyond this.
@@ -185,6 +188,20 @@ async def _discard(receive: MemoryObjectReceiveStream, send: MemoryObjectSendStr
             pass
 
 
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """Return the first ordinary exception inside a task group's error, else its first one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = list(error.exceptions)
+        else:
+            leaves.append(error)
+    ordinary = [error for error in leaves if isinstance(error, Exception)]
+    return (ordinary or leaves or [group])[0]
+
+
 async def receive_stream(
     source: Stage,
     link: LinkDecoder,
@@ -207,6 +224,27 @@ async def receive_stream(
     virtual_clock: take arrival times from `Arrival` stamps (a simulation).
     Raises TransportError when the stream ends before any header arrived.
     """
+    try:
+        return await _receive_stream(
+            source, link, output, play, audio_device, window_ms, weights, torch_device, virtual_clock, keep_audio, keep_chunks
+        )
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+
+
+async def _receive_stream(
+    source: Stage,
+    link: LinkDecoder,
+    output: str | Path | None,
+    play: bool,
+    audio_device: Any,
+    window_ms: float,
+    weights: str | Path | None,
+    torch_device: str,
+    virtual_clock: bool,
+    keep_audio: bool,
+    keep_chunks: bool,
+) -> ReceiveResult:
     from ecdc_stream.model import lm_state_dict, load_model
 
     events_send, events_receive = anyio.create_memory_object_stream[Any](64)

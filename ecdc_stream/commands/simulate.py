@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ecdc_stream.commands.common import add_model_options, weights_dir
-from ecdc_stream.commands.receive import ReceiveResult, print_report, receive_stream
+from ecdc_stream.commands.receive import ReceiveResult, first_error, print_report, receive_stream
 from ecdc_stream.commands.send import Encoding, add_link_options, file_source_stage, load_sender_model, prepare_encoding
 from ecdc_stream.container.acv4 import DEFAULT_CHUNK_SECONDS, StreamParams
 from ecdc_stream.errors import InvalidArgumentError
@@ -31,6 +32,9 @@ from ecdc_stream.pipeline.jitter import DEFAULT_WINDOW_MS
 from ecdc_stream.pipeline.records import CodeChunk
 from ecdc_stream.pipeline.report import LinkReport
 from ecdc_stream.pipeline.stages import ChunkDecoder
+
+if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
+    from exceptiongroup import BaseExceptionGroup
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +155,12 @@ async def simulate(
             keep_chunks=True,
         )
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(run_receiver)
-        await sender.run()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run_receiver)
+            await sender.run()
+    except BaseExceptionGroup as group_error:
+        raise first_error(group_error) from None
 
     assert result is not None and result.audio is not None
     clean = await anyio.to_thread.run_sync(decode_clean, model, encoding.counter.kept)

@@ -25,6 +25,12 @@ UDP sends one message per datagram and splits a chunk larger than `MAX_FRAGMENT_
 fragments that are reassembled, or dropped as a whole, by the receiver. TCP and pipes send the
 messages back to back; the reader finds the next magic whose prefix CRC matches after any
 damage, so it resynchronises at the next intact message whatever byte was corrupted.
+
+NOTE: the link has no authentication. A sender that can reach the receiver and copies a stream
+id from the traffic can replace chunks that have not arrived yet (they then count as corrupt),
+or end a stream whose header does not state its length early with a forged end message. A
+receiver locks onto the first valid header it gets, so a forged first header captures it unless
+`expected_model` (`receive --expect-model`) rules the forgery out.
 """
 
 from __future__ import annotations
@@ -280,7 +286,7 @@ class LinkDecoder:
 
         if self.stream_id is not None and prefix.stream_id != self.stream_id:
             return self._reject("foreign_stream")
-        if self.expected_model is not None and metadata.get("m") != self.expected_model:
+        if self.expected_model is not None and metadata.get("model") != self.expected_model:
             return self._reject("foreign_model")
         if self.header is not None:
             if metadata != self.header.metadata:
@@ -302,6 +308,17 @@ class LinkDecoder:
             return self._reject("bad_end")
         valid = all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 48 for v in (num_chunks, total))
         if not valid or num_chunks != prefix.sequence:
+            return self._reject("bad_end")
+
+        # An end message must agree with the header it follows: its total with a total the
+        # header states, and its chunk count with the chunk length.
+        if self.header is None:
+            return self._reject("end_before_header")
+        known_total = self.header.metadata.get("total_samples")
+        chunk_samples = self.header.metadata.get("chunk_samples")
+        if _is_count(known_total) and total != known_total:
+            return self._reject("end_mismatch")
+        if _is_count(chunk_samples) and chunk_samples > 0 and num_chunks != -(-total // chunk_samples):
             return self._reject("bad_end")
 
         end = StreamEnd(num_chunks, total)
@@ -355,6 +372,10 @@ class LinkDecoder:
         self._done_order.append(sequence)
         if len(self._done_order) > 4 * MAX_PENDING_REASSEMBLIES:
             self._done.discard(self._done_order.pop(0))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class StreamDecoder:
