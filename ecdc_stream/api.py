@@ -10,6 +10,7 @@ format, which the original package reads too.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -18,10 +19,15 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from ecdc_stream.container import legacy
+from ecdc_stream.container import acv4, legacy
 from ecdc_stream.container.header import read_header, require_field
 from ecdc_stream.errors import InvalidArgumentError, InvalidAudioError, UnsupportedStreamError
-from ecdc_stream.model import EncodecModel, load_lm, load_model
+from ecdc_stream.model import EncodecModel, load_lm, load_model, resolve_device
+from ecdc_stream.pipeline.concealment import Concealer
+from ecdc_stream.pipeline.records import AudioBlock, Gap
+from ecdc_stream.pipeline.stages import ChunkDecoder
+
+logger = logging.getLogger(__name__)
 
 MODEL_ALIASES = {"24khz": "encodec_24khz", "48khz": "encodec_48khz"}
 DEFAULT_BANDWIDTH = 6.0
@@ -31,21 +37,6 @@ DEFAULT_CHUNK_SECONDS = 1.0
 def resolve_model_name(name: str) -> str:
     """Return the full model name for a command-line alias such as "24khz"."""
     return MODEL_ALIASES.get(name, name)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """Return the torch device to run on: `device` if given and available, else CPU.
-
-    Raises InvalidArgumentError for a device that this machine does not have.
-    """
-    if device is None:
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError("device 'cuda' was requested but torch finds no CUDA GPU; use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgumentError("device 'mps' was requested but torch finds no Apple GPU; use --device cpu")
-    return device
 
 
 def prepare_audio(model: EncodecModel, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -89,25 +80,18 @@ def compress_to_file(
     A path is written through a temporary file that replaces it only when complete.
     """
     if legacy_lm and not use_lm:
-        raise InvalidArgumentError("legacy_lm asks for the original LM format, which needs use_lm=True")
+        raise InvalidArgumentError("legacy_lm=True selects the original LM format, which needs use_lm=True")
     wav = prepare_audio(model, wav)
     num_samples = wav.shape[-1]
     segments = model.encode(wav[None], bandwidth)
 
     def write(fo: BinaryIO) -> None:
         if use_lm and not legacy_lm:
-            from ecdc_stream.container import acv4
-
-            acv4.write_model_stream(
-                fo,
-                model,
-                segments,
-                num_samples,
-                bandwidth=bandwidth,
-                chunk_seconds=chunk_seconds,
-                tags=tags or {},
-                weights_dir=weights_dir,
+            params = acv4.StreamParams.for_model(
+                model, bandwidth, chunk_seconds, total_samples=num_samples, tags=tags
             )
+            chunks = acv4.segments_to_chunks(params, segments, num_samples)
+            acv4.write_acv4(fo, params, chunks, weights_dir=weights_dir)
         else:
             lm = load_lm(model.name, weights_dir=weights_dir, device=model.device) if use_lm else None
             legacy.write_legacy(fo, model, segments, num_samples, lm=lm)
@@ -141,17 +125,19 @@ def decompress_from_file(
             return decompress_from_file(fo, device=device, weights_dir=weights_dir)
 
     name = getattr(source, "name", "input")
+    if not source.seekable():
+        source = io.BytesIO(source.read())
+    start = source.tell()
     metadata = read_header(source, source=str(name))
-    device = resolve_device(device)
+    device = resolve_device(device or "cpu")
 
     if "acv" in metadata:
-        from ecdc_stream.container import acv4
-
         if metadata["acv"] != 4:
             raise UnsupportedStreamError(
                 f"{name} is coded as acv={metadata['acv']!r}; this version of ecdc-stream decodes acv=4 only"
             )
-        return acv4.read_model_stream(source, metadata, device=device, weights_dir=weights_dir)
+        source.seek(start)
+        return decode_acv4_chunks(source, device=device, weights_dir=weights_dir, source_name=str(name))
 
     model_name = require_field(metadata, "m", str, source=str(name))
     num_samples = require_field(metadata, "al", int, source=str(name))
@@ -161,6 +147,47 @@ def decompress_from_file(
     segments = legacy.read_legacy(source, metadata, model, lm=lm)
     wav = model.decode(segments, length=num_samples)
     return wav[0].cpu(), model.sample_rate
+
+
+def decode_acv4_chunks(
+    fo: BinaryIO,
+    *,
+    device: torch.device,
+    weights_dir: str | os.PathLike | None,
+    source_name: str,
+) -> tuple[torch.Tensor, int]:
+    """Decode an acv=4 stream, header included, into audio `[C, n]` and its sample rate.
+
+    A lost or corrupt chunk becomes faded silence of exactly its duration. n is the header's
+    total length, or, for a stream whose writer never completed its header, the audio up to
+    the last intact chunk.
+    """
+    params, chunks = acv4.read_acv4(fo, weights_dir=weights_dir, source=source_name)
+    model = load_model(params.model, weights_dir=weights_dir, device=device)
+
+    decoder = ChunkDecoder(model)
+    concealer = Concealer(model.sample_rate, model.channels)
+    blocks: list[np.ndarray] = []
+
+    def conceal(outputs: list[np.ndarray | Gap]) -> None:
+        for out in outputs:
+            item = out if isinstance(out, Gap) else AudioBlock(out, model.sample_rate, 0)
+            blocks.extend(block.samples for block in concealer.push(item))
+
+    for chunk in chunks:
+        conceal(decoder.push(chunk))
+    conceal(decoder.finish())
+    blocks.extend(block.samples for block in concealer.flush())
+
+    if concealer.gaps:
+        logger.warning(
+            "%s: %d chunks were lost or corrupt and are silence (%.2f s)",
+            source_name,
+            concealer.gaps,
+            concealer.concealed_samples / model.sample_rate,
+        )
+    wav = np.concatenate(blocks, axis=1) if blocks else np.zeros((model.channels, 0), dtype=np.float32)
+    return torch.from_numpy(wav), model.sample_rate
 
 
 def decompress(data: bytes, **options: Any) -> tuple[torch.Tensor, int]:

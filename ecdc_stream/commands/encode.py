@@ -12,7 +12,7 @@ from ecdc_stream import api
 from ecdc_stream.commands.common import add_model_options
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.io.audio_files import read_blocks
-from ecdc_stream.model import load_model
+from ecdc_stream.model import load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     model_name = api.resolve_model_name(args.model)
-    device = api.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.chunk_seconds <= 0 or not np.isfinite(args.chunk_seconds):
         raise InvalidArgumentError(f"--chunk-seconds must be a positive number of seconds, got {args.chunk_seconds}")
 
