@@ -160,6 +160,28 @@ def run_full_part(weights: str | None) -> None:
     print(f"  received {result.stats.received}, lost {result.stats.lost}, corrupt {result.stats.corrupt}")
     print(f"  keeps up with a live stream: {'yes' if speed > 1 else 'NO'} (margin {speed - 1:+.2f})")
 
+    # Where the time goes: the receiver's two compute stages, each alone.
+    from ecdc_stream.pipeline.stages import ChunkDecoder
+
+    coder = encoding.coder
+    start = time.perf_counter()
+    chunks = coder.decode_batch([p.data for p in packets])
+    batch_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    coder.decode(packets[0].data)
+    single_seconds = time.perf_counter() - start
+    decoder = ChunkDecoder(model)
+    start = time.perf_counter()
+    for chunk in chunks:
+        decoder.push(chunk)
+    decoder.finish()
+    network_seconds = time.perf_counter() - start
+    chunk_seconds = encoding.params.chunk_samples / model.sample_rate
+    print("  where the time goes, per second of audio:")
+    print(f"    acv=4 decoding, all chunks in one batch   {batch_seconds / seconds:6.2f} s")
+    print(f"    acv=4 decoding, one chunk alone (live)    {single_seconds / chunk_seconds:6.2f} s")
+    print(f"    EnCodec decoder network                   {network_seconds / seconds:6.2f} s")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -246,7 +246,7 @@ async def test_send_and_receive_over_sockets(tiny_24, recording, encoding_24, sc
     receiver = UdpReceiver(url, link, idle_timeout_s=5) if scheme == "udp" else TcpReceiver(url, link, idle_timeout_s=5)
     port = await receiver.bind()
     source, _ = file_source_stage(str(recording), tiny_24)
-    encoding_24.counter.__init__(keep=True)
+    encoding_24.counter.reset(keep=True)
     result = None
 
     async def run_receiver():

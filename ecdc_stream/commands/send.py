@@ -62,8 +62,15 @@ class ChunkCounter:
                 await send.send(chunk)
 
     def totals(self) -> tuple[int, int]:
-        """`(chunks, samples)` counted so far."""
+        """Return `(chunks, samples)` counted so far."""
         return self.chunks, self.samples
+
+    def reset(self, keep: bool) -> None:
+        """Start counting afresh, for another run of the same encoding."""
+        self.keep = keep
+        self.chunks = 0
+        self.samples = 0
+        self.kept = []
 
 
 class ChunkFramer:

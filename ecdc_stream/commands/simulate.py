@@ -109,7 +109,7 @@ async def simulate(
     source, total = file_source_stage(str(input_path), model)
     if encoding is None or encoding.params.total_samples != total:
         encoding = prepare_encoding(model, bandwidth, chunk_seconds, weights=weights, total_samples=total, keep_chunks=True)
-    encoding.counter.__init__(keep=True)  # type: ignore[misc]
+    encoding.counter.reset(keep=True)
     params = encoding.params
 
     interval_s = params.chunk_samples / params.sample_rate
