@@ -1,9 +1,9 @@
 """Throughput of the transports on loopback, and whether a receiver keeps up with a live stream.
 
-Part 1 (link only, no model): chunks per second through the UDP sender (link framing and
-`sendto`) and through the UDP receiver (datagram decoding, reassembly, jitter buffer), for
-chunk sizes of a 24 kHz stream at 6 kbps (about 800 bytes per 1 s chunk) and of a 48 kHz
-stream at 24 kbps (about 3 kB, sent in 3 fragments).
+Part 1 (link only, no model) measures chunks per second through the UDP sender (link framing
+and `sendto`) and through the UDP receiver (datagram decoding, reassembly, jitter buffer). The
+chunk sizes are those of a 24 kHz stream at 6 kbps (about 800 bytes per 1 s chunk) and of a
+48 kHz stream at 24 kbps (about 3 kB, sent in 3 fragments).
 
 Part 2 (full receiver): a 48 kHz stream at 6 kbps is sent unpaced over UDP loopback to the
 receiver of `ecdc-stream receive` (jitter buffer, acv=4 decoding with the exact LM, EnCodec
@@ -67,7 +67,7 @@ async def discard(receive, send):
 async def sender_throughput(count: int, size: int) -> float:
     """Return the chunks per second that link framing and `sendto` sustain for `size`-byte chunks.
 
-    The datagrams go to a bound socket that nobody reads: the kernel drops what overflows.
+    The datagrams go to a bound socket that is never read, so the kernel drops what overflows.
     """
     packets = [framed(i, size) for i in range(count)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:

@@ -374,7 +374,10 @@ def read_reference(path: str, channels: int) -> np.ndarray:
     audio_info(path)
     data, _ = sf.read(path, dtype="float32", always_2d=True)
     if data.shape[1] != channels:
-        raise InvalidArgumentError(f"reference {path!r} has {data.shape[1]} channels, the stream {channels}")
+        raise InvalidArgumentError(
+            f"reference {path!r} has {data.shape[1]} channels but the stream has {channels}: "
+            "give a clean decode of the same stream"
+        )
     return np.ascontiguousarray(data.T)
 
 
