@@ -283,6 +283,9 @@ async def _receive_stream(
         stats = LinkStats(sample_rate=params.sample_rate)
         stats.rejected.update(link.rejected)
         link.rejected = stats.rejected
+        # NOTE: the output always starts at chunk 0, so a receiver that joins a running stream
+        # conceals everything it missed as lost (up to MAX_RESYNC_JUMP chunks), which keeps a
+        # file's length exact but plays that much silence first with --play.
         jitter = JitterBuffer(
             stream_chunk_samples(params),
             window_ms=window_ms,
