@@ -9,7 +9,10 @@ format, which the original package reads too.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
+import json
 import logging
 import os
 import tempfile
@@ -22,7 +25,7 @@ import torch
 from ecdc_stream.container import acv4, legacy
 from ecdc_stream.container.header import read_header, require_field
 from ecdc_stream.errors import InvalidArgumentError, InvalidAudioError, UnsupportedStreamError
-from ecdc_stream.model import EncodecModel, load_lm, load_model, resolve_device
+from ecdc_stream.model import EncodecModel, lm_state_dict, load_lm, load_model, resolve_device
 from ecdc_stream.pipeline.concealment import Concealer
 from ecdc_stream.pipeline.records import AudioBlock, Gap
 from ecdc_stream.pipeline.stages import ChunkDecoder
@@ -37,6 +40,58 @@ DEFAULT_CHUNK_SECONDS = 1.0
 def resolve_model_name(name: str) -> str:
     """Return the full model name for a command-line alias such as "24khz"."""
     return MODEL_ALIASES.get(name, name)
+
+
+# Loading a checkpoint and converting the LM to integers take longer than coding a short signal,
+# so repeated calls reuse what the last few calls loaded. The key includes ECDC_STREAM_WEIGHTS
+# because it changes where checkpoints are found.
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(name: str, weights_dir: str | None, device: str, env_weights: str | None) -> EncodecModel:
+    return load_model(name, weights_dir=weights_dir, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_lm(name: str, weights_dir: str | None, device: str, env_weights: str | None) -> torch.nn.Module:
+    return load_lm(name, weights_dir=weights_dir, device=device)
+
+
+_chunk_coders: dict[str, acv4.ChunkCoder] = {}
+_MAX_CHUNK_CODERS = 4
+
+
+def cached_model(name: str, weights_dir: str | os.PathLike | None, device: str | torch.device) -> EncodecModel:
+    """Return `load_model(name, weights_dir, device)`, reusing a model loaded by an earlier call."""
+    return _cached_model(name, _key(weights_dir), str(device), os.environ.get("ECDC_STREAM_WEIGHTS"))
+
+
+def cached_lm(name: str, weights_dir: str | os.PathLike | None, device: str | torch.device) -> torch.nn.Module:
+    """Return `load_lm(name, weights_dir, device)`, reusing an LM loaded by an earlier call."""
+    return _cached_lm(name, _key(weights_dir), str(device), os.environ.get("ECDC_STREAM_WEIGHTS"))
+
+
+def cached_chunk_coder(params: acv4.StreamParams, weights_dir: str | os.PathLike | None) -> acv4.ChunkCoder:
+    """Return an acv=4 `ChunkCoder` for `params`, reusing one made for the same coding parameters.
+
+    The stream's length and tags do not affect coding, so they are left out of the key.
+    """
+    coding = dataclasses.replace(params, total_samples=None, tags={}, lm_fingerprint=None)
+    key = json.dumps([coding.to_metadata(), _key(weights_dir), os.environ.get("ECDC_STREAM_WEIGHTS")])
+    coder = _chunk_coders.get(key)
+    if coder is None:
+        coder = acv4.ChunkCoder(coding, lm_state_dict(params.model, weights_dir))
+        if len(_chunk_coders) >= _MAX_CHUNK_CODERS:
+            _chunk_coders.pop(next(iter(_chunk_coders)))
+        _chunk_coders[key] = coder
+    if params.lm_fingerprint is not None and params.lm_fingerprint != coder.params.lm_fingerprint:
+        # A coder made for the stream's own parameters raises the error that explains the mismatch.
+        return acv4.ChunkCoder(params, lm_state_dict(params.model, weights_dir))
+    return coder
+
+
+def _key(weights_dir: str | os.PathLike | None) -> str | None:
+    return None if weights_dir is None else str(weights_dir)
 
 
 def prepare_audio(model: EncodecModel, wav: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -91,9 +146,13 @@ def compress_to_file(
                 model, bandwidth, chunk_seconds, total_samples=num_samples, tags=tags
             )
             chunks = acv4.segments_to_chunks(params, segments, num_samples)
-            acv4.write_acv4(fo, params, chunks, weights_dir=weights_dir)
+            coder = cached_chunk_coder(params, weights_dir)
+            writer = acv4.Acv4Writer(fo, coder)
+            for chunk in chunks:
+                writer.write_chunk(chunk)
+            writer.close()
         else:
-            lm = load_lm(model.name, weights_dir=weights_dir, device=model.device) if use_lm else None
+            lm = cached_lm(model.name, weights_dir, model.device) if use_lm else None
             legacy.write_legacy(fo, model, segments, num_samples, lm=lm)
 
     if isinstance(out, (str, os.PathLike)):
@@ -142,8 +201,8 @@ def decompress_from_file(
     model_name = require_field(metadata, "m", str, source=str(name))
     num_samples = require_field(metadata, "al", int, source=str(name))
     use_lm = require_field(metadata, "lm", bool, source=str(name))
-    model = load_model(model_name, weights_dir=weights_dir, device=device)
-    lm = load_lm(model_name, weights_dir=weights_dir, device=device) if use_lm else None
+    model = cached_model(model_name, weights_dir, device)
+    lm = cached_lm(model_name, weights_dir, device) if use_lm else None
     segments = legacy.read_legacy(source, metadata, model, lm=lm)
     wav = model.decode(segments, length=num_samples)
     return wav[0].cpu(), model.sample_rate
@@ -162,8 +221,12 @@ def decode_acv4_chunks(
     total length, or, for a stream whose writer never completed its header, the audio up to
     the last intact chunk.
     """
-    params, chunks = acv4.read_acv4(fo, weights_dir=weights_dir, source=source_name)
-    model = load_model(params.model, weights_dir=weights_dir, device=device)
+    start = fo.tell()
+    params = acv4.StreamParams.from_metadata(read_header(fo, source_name), source_name)
+    fo.seek(start)
+    coder = cached_chunk_coder(params, weights_dir)
+    params, chunks = acv4.read_acv4(fo, source=source_name, coder=coder)
+    model = cached_model(params.model, weights_dir, device)
 
     decoder = ChunkDecoder(model)
     concealer = Concealer(model.sample_rate, model.channels)
