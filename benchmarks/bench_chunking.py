@@ -3,7 +3,7 @@
 Every chunk restarts the LM and the range coder and carries 18 bytes of framing and chunk
 header (plus 4 bytes per segment scale at 48 kHz), so shorter chunks cost more. A continuous
 code sequence is sampled from a seeded, sharpened real-size LM (as in bench_exactness.py) and
-coded at each chunk length; the first row is ideal coding of the whole sequence with the float
+coded at each chunk length. The first row is ideal coding of the whole sequence with the float
 LM and its full past context, which no chunked stream can reach.
 
 With random weights the LM leans on its context in an arbitrary way, so the cost of restarting

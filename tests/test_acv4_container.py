@@ -198,7 +198,7 @@ def test_file_round_trip_48k_segments(tiny_lm, golden_frames):
 
 def test_segments_with_two_short_ends(tiny_lm):
     # 3 * 47520 + 1 samples: the third segment is cut to 47521 samples (149 frames, one short
-    # of a full segment) and the fourth has 1 sample (1 frame); both land in the last chunk.
+    # of a full segment) and the fourth has 1 sample (1 frame). Both land in the last chunk.
     params = params_48k(chunk_frames=300, chunk_samples=2 * 47520, total_samples=3 * 47520 + 1)
     lengths = [48000, 48000, 47521, 1]
     segments = [
@@ -246,8 +246,8 @@ def test_corrupt_chunk_raises(tiny_lm):
 
 
 def test_crc_valid_garbage_raises(tiny_lm):
-    # A payload with a correct CRC but coded bytes from nowhere must fail cleanly or decode to
-    # some codes; a header that does not fit the stream must fail.
+    # A payload with a correct CRC but random coded bytes must fail cleanly or decode to some
+    # codes. A chunk header that does not fit the stream must fail.
     coder = ChunkCoder(params_24k(), tiny_lm["tiny_24khz"])
     bad_frames = struct.pack(">IHIB", 0, 80, 24000, 0) + b"\x01" * 10
     with pytest.raises(CorruptChunkError, match="frames"):

@@ -1,8 +1,8 @@
 """Damaged acv=4 files: a hit costs exactly the chunk it hits, and the rest decodes as before.
 
 A 20 s stream of the golden tiny 24 kHz LM (1 s chunks, hashed codes). The clean decode is done
-once; the damaged files are read through a coder that remembers what each distinct framed chunk
-decoded to, so that 200 trials take seconds. Framing, resynchronisation and gap filling run for
+once. The damaged files are read through a coder that remembers what each distinct framed chunk
+decoded to, so 200 trials take seconds. Framing, resynchronisation and gap filling run for
 real in every trial, and a damaged chunk never reaches the cache because it fails its CRC.
 """
 
@@ -139,8 +139,8 @@ def test_length_field_off_by_one(clean):
 def test_truncated_tail(clean):
     _, data, _, ranges, chunks = clean
     for cut in (ranges[-1][1] - 1, ranges[12][0] + 5, ranges[12][0] + 3, ranges[12][0], ranges[0][0] + 1):
-        kept = [index for index, (_, end) in enumerate(ranges) if end <= cut]
-        lost = set(range(len(chunks))) - set(kept)
+        whole = [index for index, (_, end) in enumerate(ranges) if end <= cut]
+        lost = set(range(len(chunks))) - set(whole)
         check_output(read(clean, data[:cut]), chunks, lost)
 
 

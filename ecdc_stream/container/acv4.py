@@ -7,9 +7,9 @@ Layout after the header (`ecdc_stream.container.header`, JSON with `"acv": 4`):
               [u8 segment count][f32 BE scale] * segment count
               [range-coded codes]
 
-Each chunk is independently decodable: the exact LM and the range coder start afresh in every
-chunk, and the codes are coded frame by frame, codebook by codebook, each under the CDF that
-the exact LM gives from the codes before it in the chunk. A chunk that fails its CRC or its
+Each chunk is independently decodable, because the exact LM and the range coder start afresh
+in every chunk. The codes are coded frame by frame, codebook by codebook, each under the CDF
+that the exact LM gives from the codes before it in the chunk. A chunk that fails its CRC or its
 decoding costs exactly its own duration; a reader finds the next intact chunk by scanning for a
 plausible length whose CRC matches.
 
@@ -401,7 +401,7 @@ def unframe(data: bytes, max_payload: int | None = None) -> bytes:
         raise CorruptChunkError(f"framed chunk of {len(data)} bytes is shorter than its 8-byte frame header")
     length, crc = _FRAME_HEADER.unpack_from(data)
     if length != len(data) - _FRAME_HEADER.size or (max_payload is not None and length > max_payload):
-        raise CorruptChunkError(f"framed chunk declares {length} payload bytes but holds {len(data) - _FRAME_HEADER.size}")
+        raise CorruptChunkError(f"framed chunk declares {length} payload bytes but contains {len(data) - _FRAME_HEADER.size}")
     payload = data[_FRAME_HEADER.size :]
     if zlib.crc32(payload) != crc:
         raise CorruptChunkError("chunk failed its CRC-32 check")
@@ -813,7 +813,12 @@ def read_acv4(
     found, damaged_before = _collect_chunks(fo, params, source)
     decoded = coder.decode_batch([item.data for item in found])
 
-    last = params.num_chunks - 1 if params.num_chunks is not None else (found[-1].sequence if found else -1)
+    if params.num_chunks is not None:
+        last = params.num_chunks - 1
+    elif found:
+        last = found[-1].sequence
+    else:
+        last = -1
     by_sequence = {item.sequence: result for item, result in zip(found, decoded)}
     output: list[CodeChunk | Gap] = []
     for sequence in range(last + 1):

@@ -1,11 +1,11 @@
 """The EnCodec LM in exact integer arithmetic.
 
-Same architecture and checkpoint as the reference LM: the sum of one embedding per codebook of
-the previous frame's codes (1 + code, 0 at the first frame), a LayerNorm, a sinusoidal position
-embedding, post-norm transformer layers (8 heads, GELU, attention to the frame itself and at
-most `past_context` previous frames), and one linear output per codebook. Like the reference,
-a stream also attends to one all-zero frame before its first frame, until that frame leaves the
-past context.
+It has the architecture and checkpoint of the reference LM. The input of a frame is the sum of
+one embedding per codebook of the previous frame's codes (1 + code, 0 at the first frame). A
+LayerNorm and a sinusoidal position embedding follow, then post-norm transformer layers (8
+heads, GELU, attention to the frame itself and at most `past_context` previous frames), and one
+linear output per codebook. Like the reference, a stream also attends to one all-zero frame
+before its first frame, until that frame leaves the past context.
 
 Every value that reaches a logit is an exact function of the checkpoint and the previous codes:
 
@@ -109,7 +109,7 @@ def _round_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.T
 def _isqrt(n: torch.Tensor) -> torch.Tensor:
     """Return floor(sqrt(n)) of an int64 tensor with 0 <= n < 2^62.
 
-    The float64 estimate is within one of the answer (its error is below 2^-20 at roots below
+    The float64 estimate is within one of the result (its error is below 2^-20 at roots below
     2^31), and one integer comparison in each direction corrects it.
     """
     root = torch.sqrt(n.to(torch.float64)).to(torch.int64)  # truncation is floor here
@@ -122,10 +122,10 @@ def _fixed_point(tensor: torch.Tensor, bits: int, name: str) -> torch.Tensor:
     """Round half to even tensor * 2^bits to int64, on the CPU."""
     values = tensor.detach().to("cpu", torch.float64)
     if not torch.isfinite(values).all():
-        raise ModelNotFoundError(f"LM checkpoint tensor {name!r} holds NaN or infinite values: the file is corrupt")
+        raise ModelNotFoundError(f"LM checkpoint tensor {name!r} contains NaN or infinite values: the file is corrupt, replace it")
     scaled = values * (1 << bits)
     if scaled.abs().max() >= 2.0**62:
-        raise ModelNotFoundError(f"LM checkpoint tensor {name!r} holds values too large for the exact LM")
+        raise ModelNotFoundError(f"LM checkpoint tensor {name!r} contains values too large for the exact LM: it is not an EnCodec LM")
     return torch.round(scaled).to(torch.int64)
 
 
@@ -229,8 +229,8 @@ class _Layer:
 class ExactLMState:
     """The key/value cache of a batch of streams decoded step by step.
 
-    keys, values: one float64 tensor `[B, heads, capacity, head_dim]` per layer, holding integers;
-    slot 0 is the all-zero frame before the stream, slot t + 1 is frame t.
+    keys, values: one float64 tensor `[B, heads, capacity, head_dim]` of integers per layer.
+    Slot 0 is the all-zero frame before the stream, and slot t + 1 is frame t.
     frames: how many frames have been stepped (the next frame's position).
     """
 
@@ -247,7 +247,7 @@ class ExactLM:
     past_context: how many previous frames a frame attends to (the reference uses
         int(3.5 * frame_rate): 262 at 24 kHz, 525 at 48 kHz).
     temperature: the logits are divided by it; quantized to a multiple of 2^-16 of its inverse.
-    Raises ModelNotFoundError when the state dict lacks a key, has inconsistent shapes, or holds
+    Raises ModelNotFoundError when the state dict lacks a key, has inconsistent shapes, or contains
     values the integer arithmetic cannot represent.
     """
 
@@ -356,7 +356,7 @@ class ExactLM:
     def fingerprint(self) -> str:
         """Return a SHA-256 hex digest of the integer weights and the numerics version.
 
-        Two LMs with the same fingerprint give the same logits; streams record it so that a
+        Two LMs with the same fingerprint give the same logits. Streams record it, so that a
         decoder with another checkpoint reports the mismatch instead of decoding garbage.
         """
         if self._fingerprint is None:
@@ -476,7 +476,7 @@ class ExactLM:
             keys = torch.cat([zero_keys, keys], dim=2)
             values = torch.cat([zero_values, values], dim=2)
 
-            # Query frame t sits at key position t + 1 and sees key positions
+            # Query frame t sits at key position t + 1 and attends to key positions
             # t + 1 - past_context .. t + 1.
             blocks = []
             for start in range(0, frames, QUERY_BLOCK):

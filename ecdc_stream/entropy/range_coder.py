@@ -5,7 +5,7 @@ total of exactly 2^total_bits, with frequency >= 1 and cdf_low + frequency <= 2^
 
 Invariants of the encoder, after every `encode`:
 
-- `low` is the bottom of the current interval within a 64-bit window; it is below 2^65, and a
+- `low` is the bottom of the current interval within a 64-bit window. It is below 2^65, and a
   value of 2^64 or more means a carry into the bytes not yet written.
 - `range` is the interval's width, in [2^56, 2^64). Before a symbol, r = range >> total_bits;
   the symbol narrows the interval to [low + r * cdf_low, low + r * (cdf_low + frequency)). Since
@@ -52,8 +52,8 @@ class RangeEncoder:
         self.total_bits = total_bits
         self._low = 0
         self._range = _WINDOW_MASK
-        self._held: int | None = None  # the byte held back for a possible carry
-        self._held_ff = 0  # the 0xFF bytes held back after it
+        self._pending_byte: int | None = None  # the byte held back for a possible carry
+        self._pending_ff_count = 0  # the 0xFF bytes held back after it
         self._output = bytearray()
         self._finished = False
 
@@ -92,15 +92,15 @@ class RangeEncoder:
     def _shift_low(self) -> None:
         top = self._low >> _TOP_SHIFT  # in [0, 0x1FF]; 0x100 and above carry a 1
         if top == 0xFF:
-            self._held_ff += 1
+            self._pending_ff_count += 1
         else:
             carry = top >> 8
-            if self._held is not None:
-                self._output.append((self._held + carry) & 0xFF)
-            if self._held_ff:
-                self._output.extend(bytes([(0xFF + carry) & 0xFF]) * self._held_ff)
-                self._held_ff = 0
-            self._held = top & 0xFF
+            if self._pending_byte is not None:
+                self._output.append((self._pending_byte + carry) & 0xFF)
+            if self._pending_ff_count:
+                self._output.extend(bytes([(0xFF + carry) & 0xFF]) * self._pending_ff_count)
+                self._pending_ff_count = 0
+            self._pending_byte = top & 0xFF
         self._low = (self._low << 8) & _WINDOW_MASK
 
     def finish(self) -> bytes:

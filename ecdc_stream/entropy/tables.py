@@ -130,7 +130,7 @@ def exp_table(frac_bits: int, out_bits: int) -> np.ndarray:
 def normal_cdf_table() -> np.ndarray:
     """Build round(2^PHI_BITS * Phi(j / 2^PHI_STEP_BITS)) for j covering [-PHI_RANGE, PHI_RANGE].
 
-    Phi is the standard normal CDF, Phi(x) = (1 + erf(x / sqrt(2))) / 2. Entry i holds
+    Phi is the standard normal CDF, Phi(x) = (1 + erf(x / sqrt(2))) / 2. Entry i is for
     x = i / 2^PHI_STEP_BITS - PHI_RANGE. The negative half is 2^PHI_BITS minus the mirrored
     positive entry, so the table is exactly antisymmetric about 2^(PHI_BITS - 1).
     """
