@@ -313,6 +313,20 @@ def test_writer_fills_unknown_length(tiny_lm):
     assert [item.num_samples for item in output] == [24000, 1000]
 
 
+def test_writer_takes_length_and_tags(tiny_lm):
+    coder = ChunkCoder(params_24k(total_samples=None), tiny_lm["tiny_24khz"])
+    stream = io.BytesIO()
+    writer = Acv4Writer(stream, coder, params=params_24k(total_samples=24000, tags={"title": "x"}))
+    writer.write_chunk(CodeChunk(0, hashed_codes(4, 75, 16, salt=0), 24000))
+    stream.seek(0)
+    metadata = read_header(stream)
+    assert metadata["total_samples"] == 24000
+    assert metadata["tags"] == {"title": "x"}
+    assert metadata["lm_fingerprint"] == coder.params.lm_fingerprint
+    with pytest.raises(InvalidArgumentError):
+        Acv4Writer(io.BytesIO(), coder, params=params_24k(num_codebooks=3))
+
+
 class PipeLike(io.RawIOBase):
     """A write-only stream that cannot seek, like a pipe."""
 

@@ -687,18 +687,26 @@ def _padded_header(metadata: dict[str, Any], reserve: int) -> bytes:
     return MAGIC + bytes([VERSION]) + struct.pack(">I", len(payload)) + payload
 
 
+def _coding_parameters(params: StreamParams) -> StreamParams:
+    """Return `params` without the fields that do not change how chunks are coded."""
+    return dataclasses.replace(params, total_samples=None, tags={}, lm_fingerprint=None)
+
+
 class Acv4Writer:
     """Write an acv=4 stream chunk by chunk, each flushed as soon as it is framed.
 
-    With `params.total_samples` None, the header reserves room for the length; `close` fills it
-    in when `fo` is seekable, and otherwise leaves null, which readers accept. The stream is
-    valid after every complete chunk.
+    The header holds `params` (default: the coder's), with the coder's LM fingerprint; they may
+    differ from the coder's in length and tags only. With `total_samples` None, the header
+    reserves room for the length; `close` fills it in when `fo` is seekable, and otherwise
+    leaves null, which readers accept. The stream is valid after every complete chunk.
     """
 
-    def __init__(self, fo: BinaryIO, coder: ChunkCoder, *, fsync: bool = False) -> None:
+    def __init__(self, fo: BinaryIO, coder: ChunkCoder, *, params: StreamParams | None = None, fsync: bool = False) -> None:
+        if params is not None and _coding_parameters(params) != _coding_parameters(coder.params):
+            raise InvalidArgumentError("the stream parameters differ from the coder's in more than length and tags")
         self._fo = fo
         self.coder = coder
-        self.params = coder.params
+        self.params = coder.params if params is None else dataclasses.replace(params, lm_fingerprint=coder.params.lm_fingerprint)
         self._fsync = fsync
         self._header_offset = _tell(fo)
         reserve = TOTAL_SAMPLES_RESERVE if self.params.total_samples is None else 0
@@ -807,8 +815,10 @@ def read_acv4(
     params = StreamParams.from_metadata(metadata, source)
     if coder is None:
         coder = ChunkCoder(params, _lm_state_dict(params, lm_state_dict, weights_dir), device)
-    elif dataclasses.replace(coder.params, total_samples=None) != dataclasses.replace(params, total_samples=None):
+    elif _coding_parameters(coder.params) != _coding_parameters(params):
         raise InvalidArgumentError(f"the coder given was made for other stream parameters than those of {source}")
+    elif params.lm_fingerprint not in (None, coder.params.lm_fingerprint):
+        raise UnsupportedStreamError(f"{source} was coded with another LM checkpoint: decode it with the weights it was encoded with")
 
     found, damaged_before = _collect_chunks(fo, params, source)
     decoded = coder.decode_batch([item.data for item in found])

@@ -82,30 +82,20 @@ def counts_from_logits(logits: torch.Tensor, count_precision: int, min_range: in
     # Differences from the row's maximum are in [0, 2 * LOGIT_LIMIT]; anything past the table's
     # end looks up its final entry, which is 0.
     clamped = torch.clamp(logits.to(torch.int64), -LOGIT_LIMIT, LOGIT_LIMIT)
-    offsets = clamped.amax(dim=-1, keepdim=True) - clamped
-    weights = table[torch.clamp(offsets, max=table.numel() - 1)]
+    offsets = torch.clamp(clamped.amax(dim=-1, keepdim=True) - clamped, max=table.numel() - 1)
+    weights = torch.take(table, offsets)
 
     # The maximum contributes 2^EXP_BITS, so the row sum is in [2^EXP_BITS, n * 2^EXP_BITS].
     # A weight times the free range is below 2^EXP_BITS * 2^MAX_COUNT_PRECISION = 2^62.
     total_weight = weights.sum(dim=-1, keepdim=True)
     free_range = (1 << count_precision) - num_symbols * min_range
-    counts = min_range + torch.div(weights * free_range, total_weight, rounding_mode="floor")
+    counts = torch.div(weights * free_range, total_weight, rounding_mode="floor") + min_range
 
-    # Flooring loses less than one unit per symbol, so the remainder is in [0, n).
+    # Flooring loses less than one unit per symbol, so the remainder is in [0, n). It goes to
+    # the first of the most likely symbols: torch documents that argmax returns the first
+    # index among equal maxima, on every device.
     remainder = (1 << count_precision) - counts.sum(dim=-1, keepdim=True)
-    first_max = _first_index_of_max(weights)
-    return counts.scatter_add(-1, first_max, remainder)
-
-
-def _first_index_of_max(values: torch.Tensor) -> torch.Tensor:
-    """Return the index of the first maximum along the last axis, keeping it as size 1.
-
-    Written out instead of `argmax`, so that the tie rule does not depend on a backend.
-    """
-    num_symbols = values.shape[-1]
-    positions = torch.arange(num_symbols, device=values.device).expand_as(values)
-    is_max = values == values.amax(dim=-1, keepdim=True)
-    return torch.where(is_max, positions, num_symbols).amin(dim=-1, keepdim=True)
+    return counts.scatter_add_(-1, torch.argmax(weights, dim=-1, keepdim=True), remainder)
 
 
 def cdf_from_counts(counts: torch.Tensor) -> torch.Tensor:
