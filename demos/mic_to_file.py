@@ -21,7 +21,7 @@ from ecdc_stream.pipeline.standard import encode_pipeline, make_coder
 
 
 async def print_level(receive, send):
-    """A custom stage: pass audio blocks on, printing a level bar for each."""
+    """Pass audio blocks on and print a level bar for each: a custom stage."""
     async with receive, send:
         async for block in receive:
             peak = float(np.abs(block.samples).max()) if block.num_samples else 0.0

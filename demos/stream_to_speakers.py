@@ -3,9 +3,9 @@
     python demos/stream_to_speakers.py [AUDIO_FILE] [--weights DIR]
 
 Two pipelines run side by side in one task group, joined by an in-memory queue of framed chunks
-(where a network link would be): the sender paces the file in real time through the encoder
-and entropy coder, the receiver entropy-decodes, decodes, conceals and plays. Sound starts after
-the first chunk; Ctrl-C stops both.
+where a network link would be. The sender paces the file in real time through the encoder and
+entropy coder. The receiver entropy-decodes, decodes, conceals and plays. Sound starts after
+the first chunk, and Ctrl-C stops both.
 """
 
 from __future__ import annotations

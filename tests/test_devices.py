@@ -33,7 +33,7 @@ def read(buffer: JitterBuffer, frames: int, channels: int = 1) -> np.ndarray:
     return out[:, 0]
 
 
-def test_jitter_buffer_waits_for_start_then_plays_in_order():
+def test_jitter_buffer_prebuffers_then_plays():
     buffer = JitterBuffer(1, capacity_samples=100, start_samples=30)
     buffer.write(ramp(0, 20))
     assert np.all(read(buffer, 10) == 0)  # not started: silence, no underrun

@@ -67,7 +67,7 @@ async def test_bounded_buffers_give_backpressure():
     assert consumed == list(range(1000))
 
 
-async def test_error_in_a_stage_ends_pipeline_with_that_error():
+async def test_stage_error_ends_pipeline():
     produced: list[int] = []
 
     async def failing(receive, send):

@@ -23,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
         print("no audio devices found")
         return 0
     for device in devices:
-        marks = ("<" if device.default_input else " ") + (">" if device.default_output else " ")
+        input_mark = "<" if device.default_input else " "
+        output_mark = ">" if device.default_output else " "
+        marks = input_mark + output_mark
         print(
             f"{marks} {device.index:3d}  {device.name} ({device.host_api}): "
             f"{device.max_input_channels} in, {device.max_output_channels} out, {device.default_sample_rate:g} Hz"

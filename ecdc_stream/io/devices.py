@@ -1,9 +1,9 @@
 """Microphone and speakers through PortAudio (sounddevice), as pipeline stages.
 
 The PortAudio callbacks only copy samples: the microphone's into a bounded queue, the speakers'
-out of a `JitterBuffer`. Everything else happens in the pipeline's tasks. Device problems that
-do not stop the stream (input overflows, output underruns) are counted and reported, never
-raised.
+out of a `JitterBuffer`. Everything else happens in the pipeline's tasks. Input overflows,
+input dropped for lack of queue room, output underruns and audio dropped to catch up are counted
+and logged as warnings, not raised.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ class Microphone:
 
     duration_seconds: stop after this much audio (None: until the pipeline is stopped).
     block_seconds: audio per block sent downstream.
-    queue_seconds: audio the callback may queue while the pipeline is busy; beyond it, input is
-    dropped and counted in `dropped_samples` (the recording gets shorter, it never stalls).
+    queue_seconds: audio the callback may queue while the pipeline is busy. Input beyond it is
+    dropped and counted in `dropped_samples`, so the recording gets shorter instead of stalling.
     overflows: how often PortAudio reported lost input.
     on_block: optional callable given each block, for a level meter.
     """
@@ -209,7 +209,7 @@ class Microphone:
 class JitterBuffer:
     """A ring buffer of `[C, n]` audio between a producer task and an audio callback.
 
-    capacity_samples: the most audio it holds, which bounds the playback latency.
+    capacity_samples: the maximum audio it holds, which bounds the playback latency.
     live: when a write would overflow, drop the oldest audio (counted in `dropped_samples`)
     so that playback catches up with a live stream; otherwise the writer waits for room.
     start_samples: audio to collect before the first read returns samples, and after an
@@ -274,7 +274,7 @@ class JitterBuffer:
 
     def read_into(self, out: np.ndarray) -> None:
         """Fill `out` `[frames, C]` (the PortAudio callback's buffer) with the next samples."""
-        wanted = out.shape[0]
+        requested = out.shape[0]
         with self._lock:
             if not self._playing:
                 if self._level >= max(1, self.start_samples) or (self.ended and self._level > 0):
@@ -284,7 +284,7 @@ class JitterBuffer:
                 else:
                     out.fill(0)
                     return
-            count = min(wanted, self._level)
+            count = min(requested, self._level)
             first = min(count, self.capacity - self._read)
             out[:first] = self._data[self._read : self._read + first]
             out[first:count] = self._data[: count - first]
@@ -292,9 +292,9 @@ class JitterBuffer:
             self._read = (self._read + count) % self.capacity
             self._level -= count
             self.samples_played += count
-            if count < wanted and not self.ended:
+            if count < requested and not self.ended:
                 self.underruns += 1
-                self.underrun_samples += wanted - count
+                self.underrun_samples += requested - count
                 # Wait for `start_samples` again instead of playing every late sample at once.
                 self._playing = False
 

@@ -4,10 +4,9 @@ The causal 24 kHz model runs incrementally. Each layer of the SEANet encoder and
 wrapped in a streaming layer that keeps what the next block needs:
 
 - a causal convolution keeps the input it has not yet consumed (its left context). At the start
-  of the stream it waits for enough input to build the reflect padding the offline model puts on
-  the left, and at the end it applies the reflect padding the offline model puts on the right
-  (the extra padding that completes the last strided window), so the end of a stream comes out
-  as in an offline pass;
+  of the stream it waits for enough input to build the reflect padding that the offline model
+  puts on the left. At the end it applies the reflect padding that the offline model puts on the
+  right, the extra padding that completes the last strided window;
 - a transposed convolution keeps the last input frame, whose output overlaps the next frame's;
 - the LSTM keeps its hidden and cell state;
 - a residual block keeps whatever one branch has produced ahead of the other.
@@ -40,7 +39,7 @@ from .lstm import SkipLSTM
 from .seanet import ResidualBlock
 
 # Codec frames per computation of each streaming layer (see "Blocking independence").
-DEFAULT_GRID_FRAMES = 3
+DEFAULT_GRID_FRAMES = 10
 
 
 class StreamingLayer:
@@ -73,9 +72,9 @@ class StatelessLayer(StreamingLayer):
 class _FrozenConv:
     """A `NormConv1d` with its weight-normalised weight computed once instead of on every call.
 
-    The weight comes from the same kernel the module calls, so outputs are bit-identical; the
-    streaming layers call their convolutions many times per second, where recomputing the
-    weight would cost as much as the convolution. The model must not be trained meanwhile.
+    The weight comes from the same kernel that the module calls, so outputs are bit-identical.
+    The streaming layers call their convolutions many times per second, and recomputing the
+    weight each time would cost as much as the convolution. Do not train the model meanwhile.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -396,9 +395,9 @@ class StreamingEncoder:
     """Encode the causal (24 kHz) model's audio block by block into codes, exactly.
 
     `push` takes the next audio block [C, n] (any n, including 0) and returns the codes
-    [K, T_new] int64 of the frames that block completed; `finish` ends the stream and returns
-    the codes of the remaining frames, the last one completed by the reflect padding the
-    offline encoder adds. In total a stream of n samples gives ceil(n / hop_length) frames.
+    [K, T_new] int64 of the frames that block completed. `finish` ends the stream and returns
+    the codes of the remaining frames. The last frame is completed by the reflect padding that
+    the offline encoder adds. In total a stream of n samples gives ceil(n / hop_length) frames.
     The codes do not depend on how the audio is cut into blocks (see the module docstring).
     """
 
@@ -466,8 +465,8 @@ class StreamingDecoder:
 
     `push` takes the codes [K, T] of the next frames and returns the audio [C, n] that is final,
     `finish` returns the rest. In total T frames give T * hop_length samples, the same as the
-    offline decoder up to float rounding (the networks run on the fixed frame grid); the caller
-    cuts the last chunk to the length it covers.
+    offline decoder up to float rounding, because the networks run on the fixed frame grid. The
+    caller cuts the last chunk to the length it covers.
     """
 
     def __init__(self, model: nn.Module, grid_frames: int = DEFAULT_GRID_FRAMES) -> None:
@@ -565,8 +564,8 @@ class SegmentDecoder:
 
     Neighbouring segments overlap by segment_length - stride samples and are blended with the
     triangular weights of `linear_overlap_add`. `push` decodes one segment and returns the audio
-    before its overlap with the next segment (which is not final until that one arrives);
-    `finish` returns the held overlap. The concatenated output equals `EncodecModel.decode` of
+    before its overlap with the next segment, because that overlap is final only once the next
+    segment arrives. `finish` returns the overlap kept back. The concatenated output equals `EncodecModel.decode` of
     all the segments up to float rounding.
     """
 
@@ -591,15 +590,9 @@ class SegmentDecoder:
         decoded = self.model.decode_segment(codes, scale_tensor)[0].cpu()
         return self._blend(decoded)
 
-    def push_silence(self, num_samples: int) -> torch.Tensor:
-        """Stand in for lost segments covering `num_samples` samples: flush the held overlap as
-        it is and return it followed by zeros (the concealment stage fades both edges)."""
-        held = self.finish()
-        return torch.cat([held, torch.zeros(self.model.channels, num_samples)], dim=-1)
-
     @torch.no_grad()
     def finish(self) -> torch.Tensor:
-        """Return the held overlap of the last segment, normalised by its weights [C, n]."""
+        """Return the overlap kept back from the last segment, normalised by its weights [C, n]."""
         if self._tail is None:
             return torch.zeros(self.model.channels, 0)
         out = self._tail / self._tail_weight

@@ -5,7 +5,7 @@
 
 The entropy coder runs in worker threads. The writer flushes every chunk as soon as it is
 framed (and fsyncs it with `fsync=True`), so a recording killed at any moment is readable up to
-its last complete chunk; on a clean end it fills the stream length into the header when the
+its last complete chunk. On a clean end it fills the stream length into the header when the
 output is seekable. The reader turns chunks that are missing or fail their CRC into `Gap`s of
 the right duration and can start at any chunk without decoding the ones before it.
 """
@@ -142,7 +142,7 @@ class EcdcSink:
 
 @dataclass(frozen=True)
 class SeekRange:
-    """Which chunks a seek needs: chunks [first, last] and where the wanted audio lies in them.
+    """The chunks [first, last] that a seek reads, and where the requested audio lies in them.
 
     skip: samples to drop from the start of chunk `first`.
     length: samples wanted in total, or None for everything to the end.

@@ -186,8 +186,8 @@ def record(output_path: str | os.PathLike, **options: Any) -> EncodeReport:
     """Record to an .ecdc file (or "-" for standard output) until `duration_seconds` or Ctrl-C.
 
     Options as `record_pipeline`. The first Ctrl-C stops the input and lets the last chunk be
-    written and the header completed; a second one aborts (the file stays valid up to its last
-    complete chunk).
+    written and the header completed. A second one aborts, and the file stays valid up to its
+    last complete chunk.
     """
     with ExitStack() as stack:
         if str(output_path) == "-":
@@ -206,7 +206,7 @@ def record(output_path: str | os.PathLike, **options: Any) -> EncodeReport:
 
 @dataclass
 class PlayReport:
-    """What `play` did: samples played, underruns, audio dropped to catch up, gaps concealed."""
+    """Playback statistics: samples played, underruns, audio dropped to catch up, gaps concealed."""
 
     samples: int
     sample_rate: int
