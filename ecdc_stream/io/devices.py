@@ -356,9 +356,13 @@ class Speakers:
                         samples = converter.convert(samples)
                     await self._write(samples)
                 buffer.ended = True
-                # Let the buffered audio play out, then one more device block.
-                while buffer.level > 0:
-                    await anyio.sleep(0.02)
+                # Let the buffered audio play out, then one more device block. A device that
+                # stopped pulling samples gets a few seconds' grace, not an endless wait.
+                with anyio.move_on_after(buffer.level / self.sample_rate + 5.0):
+                    while buffer.level > 0:
+                        await anyio.sleep(0.02)
+                if buffer.level > 0:
+                    log.warning("speakers: the device stopped taking samples; %d were not played", buffer.level)
                 await anyio.sleep(max(0.05, stream.latency + self.block_seconds))
             finally:
                 buffer.ended = True

@@ -98,8 +98,10 @@ def audio_source(
         fo = stdin if stdin is not None else sys.stdin.buffer
         blocks = read_stream_blocks(fo, input_format or "wav", sample_rate, channels, rate, input_channels)
         return functools.partial(stream_source, blocks=blocks)
-    if input_format not in (None, "wav") and not str(path).endswith(".raw"):
-        raise InvalidArgumentError(f"--format {input_format} applies to standard input ('-'), not to {str(path)!r}")
+    if input_format not in (None, "wav"):
+        raise InvalidArgumentError(
+            f"--format {input_format} applies to standard input ('-'); {str(path)!r} is read by its own header"
+        )
     return functools.partial(
         file_source,
         path=path,
