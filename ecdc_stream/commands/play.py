@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="audio output device number or name (see `ecdc-stream devices`; default: the system default)")
     parser.add_argument("--start", type=float, default=0.0, metavar="S", help="start playing S seconds in")
     parser.add_argument("--latency", type=float, default=1.0, metavar="S",
-                        help="most audio buffered ahead of the speakers, in seconds (default: 1)")
+                        help="maximum audio buffered ahead of the speakers, in seconds (default: 1)")
+    parser.add_argument("--live", action="store_true",
+                        help="the input arrives in real time (a live recording on standard input): after a stall, "
+                        "drop late audio to catch up instead of falling behind")
     add_live_options(parser, bandwidth=False)
     parser.set_defaults(func=run)
     return parser
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.audio_device,
         start_seconds=args.start,
         max_latency_seconds=args.latency,
+        live=args.live,
         weights_dir=args.weights,
         torch_device=args.torch_device,
     )

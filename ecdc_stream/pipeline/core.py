@@ -80,6 +80,7 @@ class Pipeline:
         self._group: TaskGroup | None = None
         self._stop_requested = False
         self._signals_seen = 0
+        self._drain_on_signal = True
 
     # Building
 
@@ -145,12 +146,14 @@ class Pipeline:
         if self._group is not None:
             self._group.cancel_scope.cancel()
 
-    async def run(self, handle_signals: bool = False) -> None:
+    async def run(self, handle_signals: bool = False, drain_on_signal: bool = True) -> None:
         """Run every stage until the sink returns, and raise the first error any stage raised.
 
-        handle_signals: the first SIGINT or SIGTERM calls `stop`, the second `cancel`.
-        Only takes effect on the main thread.
+        handle_signals: on the main thread, the first SIGINT or SIGTERM calls `stop` (or, with
+        `drain_on_signal=False`, `cancel`, for a player that should fall silent at once) and
+        the run returns normally. A second signal cancels and raises KeyboardInterrupt.
         """
+        self._drain_on_signal = drain_on_signal
         if len(self.stages) < 2:
             raise ValueError(f"a pipeline needs a source and a sink; it has {self.names()}")
 
@@ -219,17 +222,20 @@ class Pipeline:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 self._signals_seen += 1
-                if self._signals_seen == 1:
+                if self._signals_seen == 1 and self._drain_on_signal:
                     log.info("stopping: finishing the chunks in flight (press Ctrl-C again to abort)")
                     self.stop()
+                elif self._signals_seen == 1:
+                    log.info("stopping")
+                    self.cancel()
                 else:
                     log.info("aborting")
                     self.cancel()
                     raise KeyboardInterrupt
 
-    def run_sync(self, handle_signals: bool = True) -> None:
-        """Run the pipeline from synchronous code (a command or a script)."""
-        anyio.run(self.run, handle_signals)
+    def run_sync(self, handle_signals: bool = True, drain_on_signal: bool = True) -> None:
+        """Run the pipeline from synchronous code (a command or a script); arguments as `run`."""
+        anyio.run(self.run, handle_signals, drain_on_signal)
 
 
 async def _drain(receive: MemoryObjectReceiveStream) -> None:

@@ -223,7 +223,7 @@ def play(
     start_seconds: float = 0.0,
     start_after_seconds: float = 0.1,
     max_latency_seconds: float = 1.0,
-    live: bool | None = None,
+    live: bool = False,
     weights_dir: str | os.PathLike | None = None,
     torch_device: str | None = None,
     model: torch.nn.Module | None = None,
@@ -232,11 +232,11 @@ def play(
 ) -> PlayReport:
     """Decode an acv=4 .ecdc file (or "-" for standard input) and play it on the speakers.
 
-    Sound starts as soon as the first chunk is decoded. live: treat the input as a live stream
-    (drop late audio to keep the latency bounded); by default true for standard input.
+    Sound starts as soon as the first chunk is decoded. live: the input arrives in real time
+    (a recorder or a network link writing to standard input), so audio that piles up after a
+    stall is dropped to keep the latency within `max_latency_seconds`. Otherwise the input is
+    read only as fast as it plays.
     """
-    if live is None:
-        live = str(input_path) == "-"
     begun = time.monotonic()
     with ExitStack() as stack:
         fo, params = open_ecdc_input(input_path, stack, stdin)
@@ -252,7 +252,9 @@ def play(
             fo, params, sink_factory, start_seconds=start_seconds, model=model, weights_dir=weights_dir,
             device=torch_device, lm_state_dict=lm_state_dict, batch=1 if live else 4,
         )
-        pipeline.run_sync(handle_signals=True)
+        length = "unknown length" if params.total_samples is None else f"{params.total_samples / params.sample_rate:.2f} s"
+        log.info("playing %s: model %s, %s (Ctrl-C stops)", input_path, params.model, length)
+        pipeline.run_sync(handle_signals=True, drain_on_signal=False)
 
     buffer = speakers[0].buffer
     first = speakers[0].first_sound_time
