@@ -234,6 +234,15 @@ def test_decode_batch_equals_single(tiny_lm):
         assert np.array_equal(coder.decode(data).codes, chunk.codes)
 
 
+def test_long_chunk_round_trip(tiny_lm):
+    # 300 frames: the encoder builds its CDFs in two blocks of frames.
+    params = params_24k(chunk_frames=300, chunk_samples=300 * 320)
+    coder = ChunkCoder(params, tiny_lm["tiny_24khz"])
+    chunk = CodeChunk(0, hashed_codes(4, 300, 16, salt=8), 300 * 320)
+    assert acv4.ENCODE_BLOCK < 300
+    assert np.array_equal(coder.decode(coder.encode(chunk)).codes, chunk.codes)
+
+
 def test_corrupt_chunk_raises(tiny_lm):
     coder = ChunkCoder(params_24k(), tiny_lm["tiny_24khz"])
     framed = coder.encode(CodeChunk(0, hashed_codes(4, 75, 16, salt=1), 24000))

@@ -63,6 +63,9 @@ TOTAL_SAMPLES_RESERVE = 20
 # Chunks decoded together in one batch of the exact LM.
 DECODE_BATCH = 32
 
+# Frames whose CDFs an encoder builds at once: 256 frames of 8 codebooks of 1024 codes take 16 MiB.
+ENCODE_BLOCK = 256
+
 # Without a known length, a reader accepts a jump in sequence numbers of at most this many
 # chunks beyond what the damaged bytes before it could have held.
 MAX_UNEXPLAINED_LOSS = 1024
@@ -456,14 +459,20 @@ class ChunkCoder:
         Raises InvalidArgumentError when the chunk does not fit the stream's parameters.
         """
         codes = self._check_chunk(chunk)
-        counts = self._teacher_forced_counts(codes)
         frames = codes.shape[-1]
+        hidden = self.lm.hidden_states(torch.from_numpy(codes).to(self.lm.device).unsqueeze(0))
 
-        # Symbols in coding order: frame by frame, codebook by codebook.
-        symbols = torch.from_numpy(codes.T.copy()).to(counts.device)  # [T, K]
-        lows = torch.cumsum(counts, dim=-1) - counts
-        symbol_lows = lows.gather(-1, symbols.unsqueeze(-1)).reshape(-1).tolist()
-        symbol_counts = counts.gather(-1, symbols.unsqueeze(-1)).reshape(-1).tolist()
+        # Symbols in coding order: frame by frame, codebook by codebook. The output layer and
+        # the CDFs run on blocks of frames, which bounds their memory for long chunks.
+        symbol_lows: list[int] = []
+        symbol_counts: list[int] = []
+        for start in range(0, frames, ENCODE_BLOCK):
+            counts = self.counts(self.lm.output_logits(hidden[:, start : start + ENCODE_BLOCK]))[0]  # [T', K, card]
+            symbols = torch.from_numpy(codes[:, start : start + ENCODE_BLOCK].T.copy()).to(counts.device).unsqueeze(-1)
+            lows = torch.cumsum(counts, dim=-1) - counts
+            symbol_lows += lows.gather(-1, symbols).reshape(-1).tolist()
+            symbol_counts += counts.gather(-1, symbols).reshape(-1).tolist()
+
         encoder = RangeEncoder(self.params.count_precision)
         encoder.encode_all(symbol_lows, symbol_counts)
         coded = encoder.finish()
@@ -471,12 +480,6 @@ class ChunkCoder:
         header = _PAYLOAD_HEADER.pack(chunk.sequence, frames, chunk.num_samples, len(chunk.scales))
         scales = b"".join(_SCALE.pack(scale) for scale in chunk.scales)
         return frame_payload(header + scales + coded)
-
-    def _teacher_forced_counts(self, codes: np.ndarray) -> torch.Tensor:
-        """Return the counts `[T, K, card]` of every frame of one chunk's codes `[K, T]`."""
-        batch_codes = torch.from_numpy(codes).to(self.lm.device).unsqueeze(0)
-        hidden = self.lm.hidden_states(batch_codes)
-        return self.counts(self.lm.output_logits(hidden))[0]
 
     def _check_chunk(self, chunk: CodeChunk) -> np.ndarray:
         codes = np.asarray(chunk.codes)
