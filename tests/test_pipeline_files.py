@@ -16,7 +16,7 @@ import torch
 from ecdc_stream import api
 from ecdc_stream.container import acv4
 from ecdc_stream.container.header import read_header
-from ecdc_stream.errors import InvalidAudioError
+from ecdc_stream.errors import InvalidArgumentError, InvalidAudioError
 from ecdc_stream.io.audio_files import WavWriter
 from ecdc_stream.model import lm_state_dict, load_model
 from ecdc_stream.model.streaming import StreamingEncoder
@@ -302,3 +302,22 @@ def test_failed_encode_leaves_no_output(models, tmp_path):
     with pytest.raises(InvalidAudioError, match="NaN"):
         encode_file(bad, out, model=models["tiny_24khz"], bandwidth=1.2)
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_seek_outside_stream_is_rejected(models, golden_dir, tmp_path):
+    stream = tmp_path / "in.ecdc"
+    encode_file(input_path(golden_dir, "tiny_24khz"), stream, model=models["tiny_24khz"], bandwidth=1.2)
+    with pytest.raises(InvalidArgumentError, match="beyond the end"):
+        decode_file(stream, tmp_path / "out.wav", start_seconds=2.0, model=models["tiny_24khz"])
+    with pytest.raises(InvalidArgumentError, match="start < end"):
+        decode_file(stream, tmp_path / "out.wav", start_seconds=1.0, end_seconds=0.5, model=models["tiny_24khz"])
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_encode_part_of_a_file(models, golden_dir, tmp_path):
+    stream = tmp_path / "part.ecdc"
+    report = encode_file(input_path(golden_dir, "tiny_48khz"), stream, model=models["tiny_48khz"], bandwidth=2.4,
+                         start_seconds=0.5, end_seconds=1.75)
+    assert report.samples == int(1.25 * 48000)
+    with open(stream, "rb") as fo:
+        assert read_header(fo)["total_samples"] == int(1.25 * 48000)

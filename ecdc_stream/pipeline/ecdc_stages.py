@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ecdc_stream.container import acv4
 from ecdc_stream.container.header import read_header
-from ecdc_stream.errors import UnsupportedStreamError
+from ecdc_stream.errors import InvalidArgumentError, UnsupportedStreamError
 from ecdc_stream.pipeline.records import CodeChunk, Gap, Packet
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class ChunkDecodeStage:
     def _duration(self, sequence: int) -> int:
         try:
             return acv4.chunk_duration(self.coder.params, sequence)
-        except acv4.InvalidArgumentError:
+        except InvalidArgumentError:
             return self.coder.params.chunk_samples
 
 
@@ -158,10 +158,19 @@ def seek_range(params: acv4.StreamParams, start_seconds: float = 0.0, end_second
     """Return the chunks that hold [start_seconds, end_seconds) of a stream, from its parameters alone.
 
     Chunk i covers samples [i * chunk_samples, (i + 1) * chunk_samples), whatever the model.
+    Raises InvalidArgumentError for a negative start, an end before the start, or a start at or
+    beyond the end of a stream of known length.
     """
-    start = max(0, int(round(start_seconds * params.sample_rate)))
-    if params.total_samples is not None:
-        start = min(start, params.total_samples)
+    if start_seconds < 0 or (end_seconds is not None and end_seconds <= start_seconds):
+        raise InvalidArgumentError(
+            f"--start {start_seconds:g} and --end {end_seconds} must satisfy 0 <= start < end (seconds)"
+        )
+    start = int(round(start_seconds * params.sample_rate))
+    if params.total_samples is not None and start >= params.total_samples:
+        raise InvalidArgumentError(
+            f"--start {start_seconds:g} s is at or beyond the end of the stream "
+            f"({params.total_samples / params.sample_rate:.2f} s long)"
+        )
     first = start // params.chunk_samples
     if end_seconds is None:
         return SeekRange(first, None, start - first * params.chunk_samples, None)
