@@ -289,6 +289,11 @@ def test_bad_chunk_is_rejected(tiny_lm, chunk):
         coder.encode(chunk)
 
 
+def test_more_codebooks_than_lm_is_rejected(tiny_lm):
+    with pytest.raises(InvalidArgumentError, match="5 codebooks"):
+        ChunkCoder(params_24k(num_codebooks=5), tiny_lm["tiny_24khz"])
+
+
 def test_other_lm_fingerprint_is_rejected(tiny_lm):
     params = params_24k(lm_fingerprint="0" * 64)
     with pytest.raises(UnsupportedStreamError, match="another LM checkpoint"):

@@ -421,14 +421,17 @@ class ChunkCoder:
     """
 
     def __init__(self, params: StreamParams, lm_state_dict: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> None:
-        self.lm = ExactLM(
-            lm_state_dict,
-            num_codebooks=params.num_codebooks,
-            past_context=params.past_context,
-            num_heads=params.num_heads,
-            temperature=params.temperature,
-            device=device,
-        )
+        try:
+            self.lm = ExactLM(
+                lm_state_dict,
+                num_codebooks=params.num_codebooks,
+                past_context=params.past_context,
+                num_heads=params.num_heads,
+                temperature=params.temperature,
+                device=device,
+            )
+        except ValueError as exc:
+            raise InvalidArgumentError(f"the stream parameters do not fit the LM checkpoint of {params.model!r}: {exc}") from None
         try:
             cdf_builder.check_cdf_parameters(self.lm.card, params.count_precision, params.min_range)
         except ValueError as exc:
