@@ -161,7 +161,7 @@ def test_play_into_null_sink_is_captured_by_record(tiny_models, golden_dir, tmp_
             fo, params = open_ecdc_input(stream, stack)
 
             def make_speakers(rate: int, channels: int) -> Speakers:
-                speakers.append(Speakers(rate, channels))
+                speakers.append(Speakers(rate, channels, start_seconds=0.3))
                 return speakers[0]
 
             player = decode_pipeline_for(fo, params, make_speakers, model=model, batch=1)
@@ -179,8 +179,10 @@ def test_play_into_null_sink_is_captured_by_record(tiny_models, golden_dir, tmp_
     assert time.monotonic() - started < 60
 
     # Everything decoded was played, and the sound started before the decoder was done.
-    assert speakers[0].buffer.samples_played == len(played)
+    buffer = speakers[0].buffer
+    assert buffer.samples_played == len(played)
     assert speakers[0].first_sound_time < decoded_at[-1]
+    assert buffer.underruns == 0, f"{buffer.underruns} underruns: the decoder fell behind the speakers"
 
     captured = np.concatenate(tap.blocks, axis=1)[0]
     assert len(captured) > len(played)
@@ -190,4 +192,4 @@ def test_play_into_null_sink_is_captured_by_record(tiny_models, golden_dir, tmp_
     # The recording itself is a valid stream covering what was captured.
     recorded = tmp_path / "recorded.wav"
     report = decode_file(recording, recorded, model=model)
-    assert report.samples == len(captured)
+    assert report.samples == len(captured), f"{report.samples} samples decoded, {len(captured)} captured"
