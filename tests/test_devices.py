@@ -193,3 +193,15 @@ def test_play_into_null_sink_is_captured_by_record(tiny_models, golden_dir, tmp_
     recorded = tmp_path / "recorded.wav"
     report = decode_file(recording, recorded, model=model)
     assert report.samples == len(captured), f"{report.samples} samples decoded, {len(captured)} captured"
+
+
+@pytest.mark.audio_device
+def test_devices_command_lists_defaults(capsys):
+    if not pulseaudio_running():
+        pytest.skip("no PulseAudio server is reachable (run .ci/pulseaudio.sh)")
+    from ecdc_stream.cli import main
+
+    assert main(["devices"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("<") for line in lines), lines
+    assert any(line[1:2] == ">" for line in lines), lines
