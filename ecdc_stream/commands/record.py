@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ecdc_stream.container.acv4 import DEFAULT_CHUNK_SECONDS
 from ecdc_stream.errors import InvalidArgumentError
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         input_path=args.input_file,
         fsync=args.fsync,
         tags=tags,
-        meter=not args.quiet and args.output != "-",
+        meter=not args.quiet and sys.stderr.isatty(),
         weights_dir=args.weights,
         torch_device=args.torch_device,
     )
