@@ -10,10 +10,14 @@ from ecdc_stream.container.acv4 import DEFAULT_CHUNK_SECONDS
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.pipeline.live import record
 
+log = logging.getLogger(__name__)
+
 
 def add_live_options(parser: argparse.ArgumentParser, bandwidth: bool) -> None:
-    """Add the options `record` and `play` share; --device is their audio device, so the torch
-    device is --torch-device."""
+    """Add the options that `record` and `play` share.
+
+    Their --device is the audio device, so the torch device is --torch-device.
+    """
     if bandwidth:
         parser.add_argument("--model", default="24khz", help="EnCodec model: 24khz or 48khz (default: 24khz)")
         parser.add_argument("--bandwidth", type=float, default=6.0, metavar="KBPS",
@@ -23,8 +27,6 @@ def add_live_options(parser: argparse.ArgumentParser, bandwidth: bool) -> None:
     parser.add_argument("--weights", metavar="DIR", default=None,
                         help="folder holding the published checkpoint files (default: $ECDC_STREAM_WEIGHTS, else the torch hub cache)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no level meter or summary")
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
