@@ -139,3 +139,12 @@ def test_record_duration_gives_exact_length(tiny_models, golden_dir, tmp_path):
         metadata = read_header(fo)
     assert metadata["total_samples"] == int(1.3 * 24000)
     assert metadata["tags"] == {"title": "take 1"}
+
+
+def test_failed_recording_leaves_no_file(tiny_models, golden_dir, tmp_path):
+    recording = tmp_path / "failed.ecdc"
+    process = start_recorder(golden_dir, tmp_path / "missing.wav", recording)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "does not exist" in stderr.decode()
+    assert not recording.exists()

@@ -189,16 +189,25 @@ def record(output_path: str | os.PathLike, **options: Any) -> EncodeReport:
     written and the header completed. A second one aborts, and the file stays valid up to its
     last complete chunk.
     """
+    to_stdout = str(output_path) == "-"
+    path = Path(output_path)
+    if not to_stdout and path.parent != Path("") and not path.parent.is_dir():
+        raise InvalidArgumentError(f"output folder {str(path.parent)!r} does not exist")
+
+    setup: RecordSetup | None = None
     with ExitStack() as stack:
-        if str(output_path) == "-":
-            fo: BinaryIO = sys.stdout.buffer
-        else:
-            path = Path(output_path)
-            if path.parent != Path("") and not path.parent.is_dir():
-                raise InvalidArgumentError(f"output folder {str(path.parent)!r} does not exist")
-            fo = stack.enter_context(open(path, "wb"))
-        setup = record_pipeline(fo, **options)
-        setup.pipeline.run_sync(handle_signals=True)
+        fo: BinaryIO = sys.stdout.buffer if to_stdout else stack.enter_context(open(path, "wb"))
+        try:
+            setup = record_pipeline(fo, **options)
+            setup.pipeline.run_sync(handle_signals=True)
+        except BaseException:
+            # A recording that failed before its first chunk is only a header: remove it. One
+            # with chunks stays, because everything up to its last complete chunk decodes.
+            nothing_written = setup is None or setup.sink.writer is None or setup.sink.writer.chunks_written == 0
+            if not to_stdout and nothing_written:
+                fo.close()
+                path.unlink(missing_ok=True)
+            raise
 
     encoder = setup.pipeline.get("encoder").encoder
     return EncodeReport(encoder.samples_in, setup.model.sample_rate, encoder.sequence, setup.sink.bytes_written, setup.coder.params)
