@@ -122,7 +122,13 @@ def run(name: str, seconds: int) -> dict[str, float]:
 
     lm = float_lm(name, state)
     reference_step = float_step_ms(lm, num_codebooks, params.past_context, 30)
+    weight_bytes = sum(
+        linear.weight.numel() * linear.weight.element_size()
+        for layer in coder.lm.layers
+        for linear in (layer.in_proj, layer.out_proj, layer.linear1, layer.linear2)
+    ) + coder.lm.output.weight.numel() * coder.lm.output.weight.element_size()
     return {
+        "weight_mb": weight_bytes / 1e6,
         "encode": encode / audio_seconds * 1000,
         "lm": lm_only / audio_seconds * 1000,
         "coder": coder_only / audio_seconds * 1000,
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print("ms per second of audio (real-time factor in brackets); ms per step for one frame")
     header = f"{'model':<15}{'encode':>16}{'(LM / coder)':>16}{'live decode':>16}{'file decode':>16}{'exact step':>12}{'float step':>12}"
     print(header)
+    notes = []
     for name in args.models:
         row = run(name, args.seconds)
 
@@ -163,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{rate(row['batch']):>16}{row['step']:>10.2f}ms{row['reference_step']:>10.2f}ms",
             flush=True,
         )
+        notes.append(
+            f"{name}: an exact step reads {row['weight_mb']:.0f} MB of float64 weights, "
+            f"{row['weight_mb'] / row['step']:.1f} GB/s at the step time measured"
+        )
+    print("Where the time of a live decode goes: each step streams every weight from memory once.")
+    for note in notes:
+        print(f"  {note}")
     return 0
 
 

@@ -531,6 +531,8 @@ class ExactLM:
         previous_codes: int64 `[B, K]`, the codes of the frame before, or None at the first frame.
         check: validate previous_codes; a caller that decoded them itself may skip it.
         """
+        # NOTE: every step reads all float64 weights from memory (32 MB for the published 24 kHz
+        # LM at 8 codebooks), which bounds how fast one stream decodes; a batch shares the reads.
         batch = state.keys[0].shape[0]
         if previous_codes is None:
             if state.frames != 0:
