@@ -120,7 +120,8 @@ def decode_pipeline(
     params = coder.params
     stages = [
         NamedStage("source", source, buffer_size),
-        NamedStage("entropy_decoder", ChunkDecodeStage(coder, batch), buffer_size),
+        # The stream into the entropy decoder holds a whole batch, so a file decodes in full batches.
+        NamedStage("entropy_decoder", ChunkDecodeStage(coder, batch), max(buffer_size, batch)),
         NamedStage("decoder", DecoderStage(ChunkDecoder(model, grid_frames)), buffer_size),
         NamedStage(
             "concealment",
