@@ -187,7 +187,7 @@ class TestDecodeErrors:
     def test_unknown_acv(self, capsys, tmp_path, weights_dir):
         source = write_stream(tmp_path / "acv.ecdc", header_bytes({"acv": 9, "model": "encodec_24khz"}))
         status, lines, out = self.decode(capsys, source, tmp_path, weights_dir)
-        assert_one_line_error(status, lines, "acv=9")
+        assert_one_line_error(status, lines, "acv 9")
         assert not out.exists()
 
     def test_truncated_raw_payload(self, capsys, tmp_path, weights_dir):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import soundfile as sf
 import torch
 
 from ecdc_stream.container import acv4
@@ -25,6 +26,7 @@ from ecdc_stream.io.audio_files import AudioFileSink, file_source
 from ecdc_stream.io.stdio import StreamSink, read_stream_blocks, stream_source
 from ecdc_stream.model.streaming import DEFAULT_GRID_FRAMES
 from ecdc_stream.pipeline.core import Pipeline, Stage
+from ecdc_stream.pipeline.progress import ProgressStage
 from ecdc_stream.pipeline.ecdc_stages import EcdcSink, EcdcSource, open_ecdc, seek_range
 from ecdc_stream.pipeline.standard import decode_pipeline, decoder_coder, encode_pipeline, make_coder, resample_stage
 
@@ -132,6 +134,7 @@ def encode_file(
     grid_frames: int = DEFAULT_GRID_FRAMES,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
+    progress: bool = False,
 ) -> EncodeReport:
     """Encode audio to an acv=4 .ecdc stream through the streaming encode pipeline.
 
@@ -141,6 +144,7 @@ def encode_file(
     name and renamed when complete, so a failed run leaves nothing that looks like a stream.
     tags: title, artist, comment... stored in the header.
     start_seconds, end_seconds: encode only this part of a file input.
+    progress: show a progress bar on standard error when encoding takes more than a second.
     """
     model = _load(model, weights_dir, device)
     coder = make_coder(model, bandwidth, chunk_seconds, tags=tags, lm_state_dict=lm_state_dict, weights_dir=weights_dir)
@@ -158,12 +162,29 @@ def encode_file(
             fo, finish = _atomic_output(Path(output_path), stack)
         sink = EcdcSink(fo, coder, fsync=fsync)
         pipeline = encode_pipeline(model, source, sink, coder, grid_frames=grid_frames)
+        if progress:
+            total = expected_seconds(input_path, start_seconds, end_seconds)
+            pipeline.insert_after("source", "progress", ProgressStage("encoding", total))
         pipeline.run_sync(handle_signals=False)
         if finish is not None:
             finish()
 
     encoder = pipeline.get("encoder").encoder
     return EncodeReport(encoder.samples_in, model.sample_rate, encoder.sequence, sink.bytes_written, coder.params)
+
+
+def expected_seconds(path: str | os.PathLike, start_seconds: float, end_seconds: float | None) -> float | None:
+    """Return how many seconds of audio a file input will give, or None if unknown."""
+    if str(path) == STDIO:
+        return None
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if end_seconds is not None:
+        seconds = min(seconds, end_seconds)
+    return max(0.0, seconds - start_seconds)
 
 
 def _atomic_output(path: Path, stack: ExitStack) -> tuple[BinaryIO, Any]:
@@ -256,6 +277,7 @@ def decode_file(
     lm_state_dict: dict[str, torch.Tensor] | None = None,
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
+    progress: bool = False,
 ) -> DecodeReport:
     """Decode an acv=4 .ecdc stream to audio through the streaming decode pipeline.
 
@@ -266,6 +288,7 @@ def decode_file(
     past their frame header and decoded.
     rate: resample the output to this many Hz (default: the model's rate).
     Lost or corrupt chunks become silence of their exact duration.
+    progress: show a progress bar on standard error when decoding takes more than a second.
     """
     if rate is not None and not 1000 <= rate <= 768_000:
         raise InvalidArgumentError(f"--rate must be between 1000 and 768000 Hz, got {rate}")
@@ -287,6 +310,15 @@ def decode_file(
             weights_dir=weights_dir, device=device, lm_state_dict=lm_state_dict, output_rate=rate,
             source_name="standard input" if str(input_path) == STDIO else repr(str(input_path)),
         )
+        if progress:
+            seek = seek_range(params, start_seconds, end_seconds)
+            if seek.length is not None:
+                total = seek.length / params.sample_rate
+            elif params.total_samples is not None:
+                total = (params.total_samples - seek.first * params.chunk_samples - seek.skip) / params.sample_rate
+            else:
+                total = None
+            pipeline.insert_before("sink", "progress", ProgressStage("decoding", total))
         pipeline.run_sync(handle_signals=False)
 
     writer = sinks[0].writer
