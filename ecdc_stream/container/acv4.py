@@ -10,7 +10,7 @@ Layout after the header (`ecdc_stream.container.header`, JSON with `"acv": 4`):
 Each chunk is independently decodable, because the exact LM and the range coder start afresh
 in every chunk. The codes are coded frame by frame, codebook by codebook, each under the CDF
 that the exact LM gives from the codes before it in the chunk. A chunk that fails its CRC or its
-decoding costs exactly its own duration; a reader finds the next intact chunk by scanning for a
+decoding costs exactly its own duration. A reader finds the next intact chunk by scanning for a
 plausible length whose CRC matches.
 
 For a model without segments (24 kHz) a chunk is `chunk_frames` frames. For a model with
@@ -701,8 +701,8 @@ def _coding_parameters(params: StreamParams) -> StreamParams:
 class Acv4Writer:
     """Write an acv=4 stream chunk by chunk, each flushed as soon as it is framed.
 
-    The header holds `params` (default: the coder's), with the coder's LM fingerprint; they may
-    differ from the coder's in length and tags only. With `total_samples` None, the header
+    The header contains `params` (default: the coder's) with the coder's LM fingerprint, and
+    they may differ from the coder's in length and tags only. With `total_samples` None, the header
     reserves room for the length; `close` fills it in when `fo` is seekable, and otherwise
     leaves null, which readers accept. The stream is valid after every complete chunk.
     """
