@@ -67,8 +67,15 @@ def test_encode_file_gives_offline_segments_48khz(models, golden_dir, tmp_path):
     out = tmp_path / "out.ecdc"
     encode_file(input_path(golden_dir, "tiny_48khz"), out, model=model, bandwidth=2.4)
 
+    # The pipeline runs torch on one thread, and a segment's scale (an RMS, a float reduction)
+    # depends on the thread count, so the reference runs on one thread too.
     audio, _ = sf.read(input_path(golden_dir, "tiny_48khz"), dtype="float32", always_2d=True)
-    segments = model.encode(torch.from_numpy(audio.T.copy())[None], 2.4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        segments = model.encode(torch.from_numpy(audio.T.copy())[None], 2.4)
+    finally:
+        torch.set_num_threads(threads)
     params, chunks = read_chunks(out, "tiny_48khz")
 
     expected = np.concatenate([codes[0].numpy() for codes, _ in segments], axis=1)
