@@ -171,7 +171,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio per measurement (default: 10)")
     parser.add_argument("--chunks", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--models", nargs="+", default=list(RECORDINGS))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: 1, what the pipelines' run_sync uses)")
     args = parser.parse_args()
     if args.threads is not None:
         import torch
