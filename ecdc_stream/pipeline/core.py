@@ -6,7 +6,7 @@ it returns (`async with receive, send:`). The first stage of a pipeline (the sou
 stream that is already at its end, and the last stage (the sink) gets a send stream whose items
 are discarded, so every stage has the same signature.
 
-`Pipeline` holds named stages in order. Callers build one with the functions in
+`Pipeline` keeps named stages in order. Callers build one with the functions in
 `ecdc_stream.pipeline.standard` and may insert their own stage anywhere before running it:
 
     pipeline = standard.encode_file_pipeline(model, "in.wav", "out.ecdc")
@@ -57,7 +57,7 @@ Stage = Union[StageFunction, StageObject]
 class NamedStage:
     """A stage with the name that `Pipeline.insert_before`/`insert_after` refer to it by.
 
-    buffer_size: how many items the stream into this stage holds before its sender waits.
+    buffer_size: the number of items the stream into this stage buffers before its sender waits.
     """
 
     name: str
