@@ -28,8 +28,9 @@ and carries the overlap to the next call, so chunks can be decoded one at a time
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -69,17 +70,29 @@ class StatelessLayer(StreamingLayer):
         return None
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Set torch's intra-op thread count to 1 for the body, restoring it after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class _FrozenConv:
     """A `NormConv1d` with its weight-normalised weight computed once instead of on every call.
 
-    The weight comes from the same kernel that the module calls, so outputs are bit-identical.
-    The streaming layers call their convolutions many times per second, and recomputing the
-    weight each time would cost as much as the convolution. Do not train the model meanwhile.
+    The weight comes from the kernel that the module calls, computed on one thread because its
+    norm is a float reduction whose rounding depends on the thread count. The streaming layers
+    call their convolutions many times per second, and recomputing the weight each time would
+    cost as much as the convolution. Do not train the model meanwhile.
     """
 
     def __init__(self, module: nn.Module) -> None:
         conv = module.conv
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             if hasattr(conv, "weight_v"):
                 self.weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0)
             else:
@@ -98,7 +111,7 @@ class _FrozenConvTranspose:
 
     def __init__(self, module: nn.Module) -> None:
         conv = module.convtr
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             if hasattr(conv, "weight_v"):
                 self.weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0)
             else:
