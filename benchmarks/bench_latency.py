@@ -4,7 +4,8 @@
 
 For each model and chunk length, a recording is fed to the encode pipeline in real time (as a
 microphone delivers it) and the framed chunks go straight into the decode pipeline, with no
-device and no network. Latency is measured per output block: the time its last sample leaves
+device and no network. A chunk is a whole number of frames (24 kHz) or of 1 s segments (48 kHz),
+so the 48 kHz model's chunks are at least one segment long. Latency is measured per output block: the time its last sample leaves
 the concealment stage minus the time the same sample entered the encoder. It is at least one
 chunk (a chunk is coded once complete), plus the 48 kHz model's segment overlap, plus compute.
 
@@ -110,7 +111,7 @@ def build_loop(model, chunk_seconds: float, weights, source, entry_times: dict |
         NamedStage("concealment", functools.partial(conceal_stage, sample_rate=model.sample_rate, channels=model.channels)),
         NamedStage("exit", exit_clock),
     ]
-    return Pipeline(stages), timers
+    return Pipeline(stages), timers, coder.params.chunk_samples / model.sample_rate
 
 
 def latencies(entry_times: dict[int, float], exit_log: list[tuple[int, float]]) -> list[float]:
@@ -134,7 +135,7 @@ def measure(name: str, chunk_seconds: float, seconds: float, weights) -> dict:
     entry_times: dict[int, float] = {}
     exit_log: list = []
     paced = functools.partial(paced_file_source, path=path, sample_rate=model.sample_rate, channels=model.channels)
-    pipeline, _ = build_loop(model, chunk_seconds, weights, paced, entry_times, exit_log)
+    pipeline, _, chunk_actual = build_loop(model, chunk_seconds, weights, paced, entry_times, exit_log)
     limit = int(seconds * model.sample_rate)
 
     async def run_live():
@@ -150,14 +151,14 @@ def measure(name: str, chunk_seconds: float, seconds: float, weights) -> dict:
     # Load: as fast as it goes.
     exit_log = []
     unpaced = functools.partial(file_blocks, path=path, sample_rate=model.sample_rate, channels=model.channels, seconds=seconds)
-    pipeline, timers = build_loop(model, chunk_seconds, weights, unpaced, None, exit_log)
+    pipeline, timers, _ = build_loop(model, chunk_seconds, weights, unpaced, None, exit_log)
     started = time.perf_counter()
     anyio.run(pipeline.run)
     wall = time.perf_counter() - started
 
     return {
         "model": name,
-        "chunk": chunk_seconds,
+        "chunk": chunk_actual,
         "median": statistics.median(values),
         "max": max(values),
         "load": wall / seconds,
@@ -187,13 +188,13 @@ def main() -> None:
             write_random_checkpoints(folder, seed=0, audio_dir=AUDIO_DIR)
             weights = folder
 
-        print("| model | chunk (s) | latency median (s) | latency max (s) | wall time / audio time | encoder, coder, decoder LM, decoder (x real time) |")
+        print("| model | chunk (s, whole frames or segments) | latency median (s) | latency max (s) | wall time / audio time | encoder, coder, decoder LM, decoder (x real time) |")
         print("|---|---|---|---|---|---|")
         for name in args.models:
             for chunk in args.chunks:
                 row = measure(name, chunk, args.seconds, weights)
                 steps = ", ".join(f"{value:.2f}" for value in row["steps"].values())
-                print(f"| {name} | {chunk} | {row['median']:.2f} | {row['max']:.2f} | {row['load']:.2f} | {steps} |", flush=True)
+                print(f"| {name} | {row['chunk']:.3f} | {row['median']:.2f} | {row['max']:.2f} | {row['load']:.2f} | {steps} |", flush=True)
 
 
 if __name__ == "__main__":
