@@ -74,7 +74,46 @@ def unpad1d(x: torch.Tensor, padding_left: int, padding_right: int) -> torch.Ten
     return x[..., padding_left : x.shape[-1] - padding_right]
 
 
-class WeightNormConv1d(nn.Conv1d):
+class _WeightNorm:
+    """Weight normalisation over dim 0 for a convolution class, computed once per weight version.
+
+    `torch._weight_norm` is the kernel torch's own weight-norm utilities call, so the effective
+    weight is bit-identical to the reference's. Without autograd, the result is cached and reused
+    until `weight_v` or `weight_g` changes: in place (`load_state_dict`, optimiser steps) or by
+    being replaced (`.to()`, `.half()`). Recomputing it on every call took as long as some of the
+    convolutions themselves.
+    """
+
+    weight_v: nn.Parameter
+    weight_g: nn.Parameter
+
+    def _init_weight_norm(self) -> None:
+        direction = self.weight.detach()
+        del self.weight
+        self.weight_g = nn.Parameter(torch.norm_except_dim(direction, 2, 0))
+        self.weight_v = nn.Parameter(direction)
+        self._cached_weight: tuple[tuple, torch.Tensor] | None = None
+
+    def normalized_weight(self) -> torch.Tensor:
+        """Return `weight_g * weight_v / ||weight_v||`, the norms taken per slice of dim 0."""
+        v, g = self.weight_v, self.weight_g
+        if torch.is_grad_enabled() and (v.requires_grad or g.requires_grad):
+            # Training: autograd needs the graph from the parameters to the weight.
+            return torch._weight_norm(v, g, 0)
+
+        # A tensor's version counts its in-place changes, and its storage changes when a
+        # module method such as `.to()` replaces its data. The thread count is in the key too,
+        # so the weight is what a fresh computation would give under the current setting.
+        # NOTE: an edit through `param.data` in place bumps no version and goes unnoticed.
+        key = (v._version, g._version, v.data_ptr(), g.data_ptr(), v.dtype, v.device, torch.get_num_threads())
+        if self._cached_weight is None or self._cached_weight[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                weight = torch._weight_norm(v, g, 0)
+            self._cached_weight = (key, weight)
+        return self._cached_weight[1]
+
+
+class WeightNormConv1d(_WeightNorm, nn.Conv1d):
     """`nn.Conv1d` whose weight is `weight_g * weight_v / ||weight_v||`, norms taken per output channel.
 
     Parameters: `bias` [C_out], `weight_g` [C_out, 1, 1], `weight_v` [C_out, C_in, K], in the
@@ -83,19 +122,13 @@ class WeightNormConv1d(nn.Conv1d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        direction = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(torch.norm_except_dim(direction, 2, 0))
-        self.weight_v = nn.Parameter(direction)
+        self._init_weight_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # torch._weight_norm is the kernel torch's own weight-norm utilities call, so the
-        # effective weight is bit-identical to the reference's.
-        weight = torch._weight_norm(self.weight_v, self.weight_g, 0)
-        return self._conv_forward(x, weight, self.bias)
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
 
 
-class WeightNormConvTranspose1d(nn.ConvTranspose1d):
+class WeightNormConvTranspose1d(_WeightNorm, nn.ConvTranspose1d):
     """`nn.ConvTranspose1d` with weight normalisation over dim 0.
 
     Dim 0 of a transposed weight [C_in, C_out, K] is the input channel, so `weight_g` is
@@ -104,15 +137,18 @@ class WeightNormConvTranspose1d(nn.ConvTranspose1d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        direction = self.weight.detach()
-        del self.weight
-        self.weight_g = nn.Parameter(torch.norm_except_dim(direction, 2, 0))
-        self.weight_v = nn.Parameter(direction)
+        self._init_weight_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        weight = torch._weight_norm(self.weight_v, self.weight_g, 0)
         return F.conv_transpose1d(
-            x, weight, self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+            x,
+            self.normalized_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
         )
 
 
