@@ -223,6 +223,7 @@ def decode_acv4_chunks(
     """
     start = fo.tell()
     params = acv4.StreamParams.from_metadata(read_header(fo, source_name), source_name)
+    acv4.check_length_fits(params, acv4.remaining_bytes(fo), source_name)
     fo.seek(start)
     coder = cached_chunk_coder(params, weights_dir)
     params, chunks = acv4.read_acv4(fo, source=source_name, coder=coder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from ecdc_stream.errors import EcdcError
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return the exit status."""
     parser = build_parser()
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         logging.getLogger().setLevel(logging.WARNING)
 
+    # `kill` and `timeout` send SIGTERM: stop as on Ctrl-C, so that no partial output is left.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return int(args.func(args) or 0)
     except EcdcError as exc:

@@ -87,3 +87,66 @@ def test_original_format_cannot_go_to_stdout(capsys, tmp_path, tiny_input):
     status = main(["encode", str(tiny_input), "-", "--model", "tiny_24khz", "--bandwidth", "1.2", "--no-lm"])
     assert status == 1
     assert "standard output" in capsys.readouterr().err
+
+
+def set_total_samples(path: Path, total: int) -> None:
+    data = path.read_bytes()
+    length = int.from_bytes(data[5:9], "big")
+    metadata = json.loads(data[9 : 9 + length])
+    metadata["total_samples"] = total
+    body = json.dumps(metadata).encode()
+    path.write_bytes(data[:5] + len(body).to_bytes(4, "big") + body + data[9 + length :])
+
+
+def test_corrupt_total_length_rejected(capsys, tmp_path, tiny_input):
+    encoded = tmp_path / "stream.ecdc"
+    encode(tiny_input, encoded)
+    set_total_samples(encoded, 10**15)
+    out = tmp_path / "out.wav"
+
+    assert main(["decode", str(encoded), str(out), "-q"]) == 1
+    assert "the header is corrupt" in capsys.readouterr().err
+    assert not out.exists()
+    assert not Path(str(out) + ".partial").exists()
+    assert main(["inspect", str(encoded)]) == 1
+    assert "the header is corrupt" in capsys.readouterr().err
+
+
+def test_truncated_file_keeps_header_length(tmp_path, tiny_input):
+    encoded = tmp_path / "stream.ecdc"
+    encode(tiny_input, encoded)
+    data = encoded.read_bytes()
+    encoded.write_bytes(data[: len(data) - 40])
+    out = tmp_path / "out.wav"
+    assert main(["decode", str(encoded), str(out), "-q"]) == 0
+    assert sf.info(str(out)).frames == 48000
+
+
+@pytest.mark.parametrize("command", ["encode", "decode"])
+def test_output_over_input_rejected(capsys, tmp_path, tiny_input, command):
+    encoded = tmp_path / "stream.ecdc"
+    encode(tiny_input, encoded)
+    target = tiny_input if command == "encode" else encoded
+    before = target.read_bytes()
+    argv = [command, str(target), str(target), "-q"]
+    if command == "encode":
+        argv += ["--model", "tiny_24khz", "--bandwidth", "1.2"]
+
+    assert main(argv) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert target.read_bytes() == before
+
+
+def test_encode_start_beyond_end(capsys, tmp_path, tiny_input):
+    out = tmp_path / "late.ecdc"
+    status = main(["encode", str(tiny_input), str(out), "--model", "tiny_24khz", "--bandwidth", "1.2", "--start", "10"])
+    assert status == 1
+    assert "beyond the end" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_decode_into_missing_folder(capsys, tmp_path, tiny_input):
+    encoded = tmp_path / "stream.ecdc"
+    encode(tiny_input, encoded)
+    assert main(["decode", str(encoded), str(tmp_path / "absent" / "out.wav")]) == 1
+    assert "output folder" in capsys.readouterr().err

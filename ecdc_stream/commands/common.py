@@ -6,6 +6,8 @@ import argparse
 import os
 
 from ecdc_stream.api import MODEL_ALIASES
+from ecdc_stream.errors import InvalidArgumentError
+from ecdc_stream.pipeline.files import STDIO
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, bandwidth: bool = True) -> None:
@@ -47,3 +49,19 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
 def weights_dir(args: argparse.Namespace) -> str | None:
     """Return the weights folder from --weights or ECDC_STREAM_WEIGHTS, or None for the default."""
     return args.weights or os.environ.get("ECDC_STREAM_WEIGHTS") or None
+
+
+def check_output_is_not_input(input_path: str, output_path: str) -> None:
+    """Raise InvalidArgumentError when OUT names the same file as IN, which writing would destroy."""
+    if STDIO in (input_path, output_path) or not os.path.exists(output_path):
+        return
+    if os.path.exists(input_path) and os.path.samefile(input_path, output_path):
+        raise InvalidArgumentError(f"output {output_path!r} is the input file: choose another output name")
+
+
+def check_time_range(start: float, end: float | None) -> None:
+    """Raise InvalidArgumentError unless 0 <= --start < --end (seconds)."""
+    if not start >= 0:
+        raise InvalidArgumentError(f"--start must be 0 or more seconds, got {start}")
+    if end is not None and not end > start:
+        raise InvalidArgumentError(f"--end ({end} s) must be later than --start ({start} s)")

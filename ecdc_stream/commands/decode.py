@@ -9,7 +9,7 @@ import numpy as np
 import soxr
 
 from ecdc_stream import api
-from ecdc_stream.commands.common import add_runtime_options
+from ecdc_stream.commands.common import add_runtime_options, check_output_is_not_input, check_time_range
 from ecdc_stream.container.header import read_header
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.io.audio_files import WavWriter
@@ -53,8 +53,8 @@ def is_acv4(path: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.rate is not None and not 1000 <= args.rate <= 768_000:
         raise InvalidArgumentError(f"--rate must be between 1000 and 768000 Hz, got {args.rate}")
-    if args.start < 0 or (args.end is not None and args.end <= args.start):
-        raise InvalidArgumentError(f"--start {args.start} and --end {args.end} must satisfy 0 <= start < end")
+    check_time_range(args.start, args.end)
+    check_output_is_not_input(args.input, args.output)
     if args.output != STDIO and args.output_format not in (None, "wav"):
         raise InvalidArgumentError(f"--format {args.output_format} applies to standard output ('-') only")
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from ecdc_stream import api
-from ecdc_stream.commands.common import add_model_options
+from ecdc_stream.commands.common import add_model_options, check_output_is_not_input, check_time_range
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.io.audio_files import read_blocks
 from ecdc_stream.io.stdio import read_stream_blocks
@@ -76,8 +76,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Raise InvalidArgumentError for option values that no input could make valid."""
     if not math.isfinite(args.chunk_seconds) or args.chunk_seconds <= 0:
         raise InvalidArgumentError(f"--chunk-seconds must be a positive number of seconds, got {args.chunk_seconds}")
-    if args.start < 0 or (args.end is not None and args.end <= args.start):
-        raise InvalidArgumentError(f"--start {args.start} and --end {args.end} must satisfy 0 <= start < end")
+    check_time_range(args.start, args.end)
+    check_output_is_not_input(args.input, args.output)
     tags = any(value is not None for value in (args.title, args.artist, args.comment))
     if tags and not (args.lm and not args.legacy_lm):
         raise InvalidArgumentError("--title, --artist and --comment are stored in acv=4 streams only: drop --no-lm/--legacy-lm")

@@ -69,6 +69,7 @@ def describe_acv4(fo: Any, metadata: dict[str, Any], source: str) -> dict[str, A
     if metadata.get("acv") != 4:
         raise UnsupportedStreamError(f"{source} is coded as acv={metadata.get('acv')!r}; only acv=4 is known")
     params = acv4.StreamParams.from_metadata(metadata, source=source)
+    acv4.check_length_fits(params, acv4.remaining_bytes(fo), source)
 
     intact = 0
     damaged = 0

@@ -322,6 +322,35 @@ def frames_for_samples(params: StreamParams, num_samples: int) -> int:
     return -(-num_samples // params.hop_length)
 
 
+def remaining_bytes(fo: BinaryIO) -> int | None:
+    """Return how many bytes follow the current position of a file or buffer, or None for a pipe."""
+    try:
+        position = fo.tell()
+        end = fo.seek(0, os.SEEK_END)
+        fo.seek(position)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return max(0, end - position)
+
+
+def check_length_fits(params: StreamParams, stream_bytes: int | None, source: str = "input") -> None:
+    """Raise InvalidStreamError if the header's length needs more chunks than `stream_bytes` could hold.
+
+    Chunks missing from a file are concealed as silence up to the header's `total_samples`, so a
+    corrupt length field (say 10^15 samples) would make a reader write silence without end. A
+    file can have lost at most the chunks that its bytes could have held, each at least a frame
+    header and a payload header long.
+    """
+    if params.total_samples is None or stream_bytes is None:
+        return
+    most = stream_bytes // (_FRAME_HEADER.size + _PAYLOAD_HEADER.size) + 1
+    if params.num_chunks is not None and params.num_chunks > most:
+        raise InvalidStreamError(
+            f"{source} header gives a length of {params.total_samples} samples ({params.num_chunks} chunks), "
+            f"but its {stream_bytes} bytes of chunks can hold at most {most}: the header is corrupt"
+        )
+
+
 def chunk_duration(params: StreamParams, sequence: int) -> int:
     """Return the audio samples of chunk `sequence`: a full chunk, or what is left at the end.
 
@@ -819,6 +848,7 @@ def read_acv4(
     """
     metadata = read_header(fo, source)
     params = StreamParams.from_metadata(metadata, source)
+    check_length_fits(params, remaining_bytes(fo), source)
     if coder is None:
         coder = ChunkCoder(params, _lm_state_dict(params, lm_state_dict, weights_dir), device)
     elif _coding_parameters(coder.params) != _coding_parameters(params):

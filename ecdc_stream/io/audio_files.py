@@ -106,6 +106,10 @@ def read_blocks(
         block_samples = max(1, int(DEFAULT_BLOCK_SECONDS * info.samplerate))
     first = int(round(start_seconds * info.samplerate))
     last = info.frames if end_seconds is None else min(info.frames, int(round(end_seconds * info.samplerate)))
+    if info.frames > 0 and first >= info.frames:
+        raise InvalidArgumentError(
+            f"--start {start_seconds} s is at or beyond the end of {str(path)!r} ({info.frames / info.samplerate:.2f} s long)"
+        )
 
     converter = BlockConverter(info.samplerate, info.channels, sample_rate, channels)
     position = 0
@@ -182,6 +186,8 @@ class WavWriter:
         self.samples_written = 0
         self._integer = subtype in INTEGER_SUBTYPES
         self._partial = self.path.with_name(self.path.name + ".partial")
+        if not self.path.parent.is_dir():
+            raise InvalidArgumentError(f"output folder {str(self.path.parent)!r} does not exist")
         if file_format is None:
             file_format = _format_for(self.path)
         try:

@@ -260,4 +260,8 @@ def open_ecdc(fo: BinaryIO, source: str = "input") -> acv4.StreamParams:
             f"{source} is in the original EnCodec format, which cannot be streamed or seeked: "
             "decode it with `ecdc-stream decode`, or re-encode it with `--lm`"
         )
-    return acv4.StreamParams.from_metadata(metadata, source)
+    params = acv4.StreamParams.from_metadata(metadata, source)
+    # NOTE: on a pipe the length cannot be checked against the input's size, so a corrupt length
+    # field there is concealed as silence until the reader of the output stops.
+    acv4.check_length_fits(params, acv4.remaining_bytes(fo), source)
+    return params
