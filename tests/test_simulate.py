@@ -270,3 +270,16 @@ async def test_send_and_receive_over_sockets(tiny_24, recording, encoding_24, sc
     assert stats.received == sent["chunks_sent"] - injected["dropped"] - injected["corrupted"]
     for sequence, chunk in result.chunks.items():
         np.testing.assert_array_equal(chunk.codes, encoding_24.counter.kept[sequence].codes)
+
+
+def test_total_loss_names_the_faults(capsys, tmp_path, tiny_models, golden_dir):
+    from ecdc_stream.cli import main
+
+    status = main([
+        "simulate", str(golden_dir / "tiny_24khz" / "input.wav"), str(tmp_path / "out.wav"),
+        "--model", "tiny_24khz", "--bandwidth", "1.2", "--loss", "1.0", "-q",
+    ])
+    assert status == 1
+    message = capsys.readouterr().err
+    assert "injected faults dropped or damaged every message" in message
+    assert not (tmp_path / "out.wav").exists()

@@ -26,6 +26,7 @@ from ecdc_stream.commands.receive import ReceiveResult, first_error, print_repor
 from ecdc_stream.commands.send import Encoding, add_link_options, file_source_stage, load_sender_model, prepare_encoding
 from ecdc_stream.container.acv4 import DEFAULT_CHUNK_SECONDS, StreamParams
 from ecdc_stream.errors import InvalidArgumentError
+from ecdc_stream.io.transport import TransportError
 from ecdc_stream.faults import FaultConfig, FaultInjector, FaultRecord, add_fault_arguments, fault_config_from_args
 from ecdc_stream.io.transport import MAX_FRAGMENT_BYTES, Arrival, LinkDecoder, LinkFramer
 from ecdc_stream.pipeline.jitter import DEFAULT_WINDOW_MS
@@ -160,7 +161,17 @@ async def simulate(
             group.start_soon(run_receiver)
             await sender.run()
     except BaseExceptionGroup as group_error:
-        raise first_error(group_error) from None
+        error = first_error(group_error)
+        if isinstance(error, TransportError) and "before its header arrived" in str(error):
+            # NOTE: the receiver needs one stream header to decode anything, so a simulation whose
+            # faults drop every header ends here instead of reporting all-silent output.
+            summary = injector.record.summary()
+            raise TransportError(
+                f"the injected faults dropped or damaged every message that carried the stream header "
+                f"({summary['dropped']} of {summary['sent']} chunks dropped, {summary['corrupted']} corrupted): "
+                "lower --loss or --ber, or repeat the header more often with --header-every"
+            ) from None
+        raise error from None
 
     assert result is not None and result.audio is not None
     clean = await anyio.to_thread.run_sync(decode_clean, model, encoding.counter.kept)
