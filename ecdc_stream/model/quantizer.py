@@ -22,16 +22,33 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(bins))
         self.register_buffer("embed", torch.zeros(bins, dim))
         self.register_buffer("embed_avg", torch.zeros(bins, dim))
+        self._cached_norms: tuple[tuple, torch.Tensor] | None = None
+
+    def squared_norms(self) -> torch.Tensor:
+        """Return ||e||^2 of every codeword as [1, bins], recomputed only when `embed` changes.
+
+        The cache key is the buffer's version (bumped by in-place changes such as
+        `load_state_dict`), its storage (replaced by `.to()`) and the thread count, so the
+        result is what a fresh computation would give.
+        """
+        embed = self.embed
+        key = (embed._version, embed.data_ptr(), embed.dtype, embed.device, torch.get_num_threads())
+        if self._cached_norms is None or self._cached_norms[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                norms = embed.t().pow(2).sum(0, keepdim=True)
+            self._cached_norms = (key, norms)
+        return self._cached_norms[1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Return the index of the nearest codeword for each row of `x` [N, D], as [N] int64.
 
         The squared distance is written as the reference writes it, ||x||^2 - 2 x.e + ||e||^2,
-        negated and maximised, so that float rounding and ties resolve to the same index.
+        negated and maximised, so that float rounding and ties resolve to the same index. The
+        in-place steps compute the same values as the reference's expression.
         """
-        embed = self.embed.t()
-        neg_distance = -(x.pow(2).sum(1, keepdim=True) - 2 * x @ embed + embed.pow(2).sum(0, keepdim=True))
-        return neg_distance.max(dim=-1).indices
+        distance = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.embed.t()
+        distance += self.squared_norms()
+        return distance.neg_().max(dim=-1).indices
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Return the codewords [..., D] of `codes` [...]."""
@@ -65,12 +82,16 @@ class ResidualVectorQuantization(nn.Module):
 
     def encode(self, x: torch.Tensor, num_codebooks: int) -> torch.Tensor:
         """Quantize `x` [B, D, T] with the first `num_codebooks` levels into codes [K, B, T] int64."""
-        residual = x
+        batch, dim, frames = x.shape
+        # The residual is kept as rows [B * T, D], the layout the codebooks compare. Subtraction
+        # is elementwise, so the values equal those of a residual kept as [B, D, T].
+        residual = x.transpose(1, 2).reshape(batch * frames, dim)
         all_codes = []
         for layer in self.layers[:num_codebooks]:
-            codes = layer.encode(residual)
-            residual = residual - layer.decode(codes)
-            all_codes.append(codes)
+            codebook = layer._codebook
+            codes = codebook.encode(residual)
+            residual = residual - codebook.decode(codes)
+            all_codes.append(codes.view(batch, frames))
         return torch.stack(all_codes)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
