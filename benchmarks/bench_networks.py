@@ -1,6 +1,7 @@
 """Speed of the EnCodec networks alone (no LM, no entropy coding) for both published models.
 
     python benchmarks/bench_networks.py [--weights DIR] [--seconds 10] [--repeat 3] [--profile]
+        [--skip-block-wise] [--models encodec_24khz encodec_48khz]
 
 Times, on the first --seconds of the real recordings, at 6 kbps:
 - `model.encode` and `model.decode`, the offline whole-file calls the Python API makes;
@@ -11,6 +12,11 @@ Each number is the best of --repeat runs; real-time factor = seconds of audio / 
 computing. Without --weights it writes seeded random checkpoints (seed 0, codebooks filled from
 the recordings) into a temporary folder: speed does not depend on the weights' values.
 --profile prints the operators that took the most time in the offline encode and decode.
+
+On a machine that other processes keep busy, the numbers depend on how OpenMP threads wait at
+the end of each parallel region: spinning threads (libgomp's default) lose their time slices
+and every operator can take several times longer. Compare runs with
+`OMP_WAIT_POLICY=PASSIVE` in the environment, which changes the speed, not the results.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is shown")
     parser.add_argument("--models", nargs="+", default=[name for name, _ in CASES], help="models to time")
     parser.add_argument("--profile", action="store_true", help="print an operator profile of each model")
+    parser.add_argument("--skip-block-wise", action="store_true", help="time only the offline encode and decode")
     args = parser.parse_args()
 
     weights = args.weights
@@ -101,7 +108,8 @@ def main() -> None:
 
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {load}")
+          f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"load average {load}")
     print(f"{args.seconds:g} s of each recording, {BANDWIDTH:g} kbps, best of {args.repeat}; x real time")
     print("| model | encode | decode | block-wise encode | block-wise decode |")
     print("|---|---:|---:|---:|---:|")
@@ -115,10 +123,13 @@ def main() -> None:
 
         encode_time, segments = best_time(lambda: model.encode(wav[None], BANDWIDTH), args.repeat)
         decode_time, _ = best_time(lambda: model.decode(segments, wav.shape[-1]), args.repeat)
-        stream_encode_time, encoded = best_time(lambda: stream_encode(model, wav, num_codebooks), args.repeat)
-        stream_decode_time, _ = best_time(lambda: stream_decode(model, encoded), args.repeat)
-        factors = [seconds / t for t in (encode_time, decode_time, stream_encode_time, stream_decode_time)]
-        print(f"| {model_name} | " + " | ".join(f"{factor:.1f}" for factor in factors) + " |")
+        times = [encode_time, decode_time]
+        if not args.skip_block_wise:
+            stream_encode_time, encoded = best_time(lambda: stream_encode(model, wav, num_codebooks), args.repeat)
+            stream_decode_time, _ = best_time(lambda: stream_decode(model, encoded), args.repeat)
+            times += [stream_encode_time, stream_decode_time]
+        factors = [f"{seconds / t:.1f}" for t in times] + ["-"] * (4 - len(times))
+        print(f"| {model_name} | " + " | ".join(factors) + " |")
 
         if args.profile:
             print_profile(f"{model_name} encode", lambda: model.encode(wav[None], BANDWIDTH))
