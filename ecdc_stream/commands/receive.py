@@ -312,14 +312,15 @@ async def _receive_stream(
         pipeline.append("decoder", DecoderStage(ChunkDecoder(model)))
         pipeline.append("conceal", lambda r, s: conceal_stage(r, s, params.sample_rate, params.channels))
         pipeline.append("tap", tap)
-        if play:
-            from ecdc_stream.io.devices import Speakers
-
-            pipeline.append("speakers", Speakers(params.sample_rate, params.channels, audio_device, live=True))
+        # The file sink passes each block on, so it goes first when both write and play.
         if output is not None:
             from ecdc_stream.io.audio_files import AudioFileSink
 
             pipeline.append("output", AudioFileSink(output, params.sample_rate, params.channels))
+        if play:
+            from ecdc_stream.io.devices import Speakers
+
+            pipeline.append("speakers", Speakers(params.sample_rate, params.channels, audio_device, live=True))
         if not play and output is None:
             pipeline.append("discard", _discard)
         await pipeline.run()

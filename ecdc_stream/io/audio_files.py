@@ -243,6 +243,8 @@ def _format_for(path: Path) -> str:
 class AudioFileSink:
     """Pipeline sink writing `AudioBlock`s to a sound file through a `WavWriter`.
 
+    Each block is also passed on, so a later stage (speakers, say) can play what is written.
+
     An interrupted run (cancellation) still closes a valid file holding what arrived; an error
     in the pipeline removes the partial file.
     """
@@ -262,6 +264,7 @@ class AudioFileSink:
             async with receive, send:
                 async for block in receive:
                     writer.write(block.samples)
+                    await send.send(block)
             ok = True
         except BaseException as exc:
             # Cancellation (Ctrl-C) keeps what was decoded; a real error leaves no file.
