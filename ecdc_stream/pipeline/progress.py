@@ -31,6 +31,8 @@ class ProgressStage:
             unit_scale=False,
             delay=SHOW_AFTER_SECONDS,
             leave=False,
+            # None hides the bar when standard error is not a terminal (a log file, say).
+            disable=None,
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]"
             if total
             else "{desc}: {n:.1f} s [{elapsed}]",
