@@ -70,10 +70,15 @@ class SingleThreadLSTM(nn.LSTM):
     """`nn.LSTM` that runs on one CPU thread.
 
     On CPU, float32 LSTMs run on oneDNN (`aten::mkldnn_rnn_layer`), which synchronises its
-    threads at every time step. At EnCodec's sizes (one item, a few hundred steps) those waits
-    cost more than the arithmetic. On a loaded 2-core machine (torch 2.13, oneDNN 3.12), a
-    2-layer, 512-channel LSTM over 150 steps took 2.4 s on 2 threads and 0.035 s on one. oneDNN's LSTM output does not depend on its thread count (checked
-    bit for bit with 1 to 16 threads), so this changes the speed, not the values.
+    threads at every time step. When other processes keep the cores busy, a thread that waits
+    there by spinning loses its time slice at almost every step. On a loaded 2-core machine
+    (torch 2.13, oneDNN 3.12), a 2-layer, 512-channel LSTM over 150 steps took 2.4 s on 2
+    threads and 0.035 s on one. oneDNN's LSTM output does not depend on its thread count
+    (checked bit for bit with 1 to 16 threads), so this changes the speed, not the values.
+
+    NOTE: on a quiet machine the second thread helps. With a load average of about 3 on 2
+    cores, the 24 kHz and 48 kHz encode and decode measured about 10 % slower with this class
+    than with the default thread count.
     """
 
     def forward(self, *args, **kwargs):  # type: ignore[override]
