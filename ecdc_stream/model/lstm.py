@@ -76,9 +76,9 @@ class SingleThreadLSTM(nn.LSTM):
     threads and 0.035 s on one. oneDNN's LSTM output does not depend on its thread count
     (checked bit for bit with 1 to 16 threads), so this changes the speed, not the values.
 
-    NOTE: on a quiet machine the second thread helps. With a load average of about 3 on 2
-    cores, the 24 kHz and 48 kHz encode and decode measured about 10 % slower with this class
-    than with the default thread count.
+    NOTE: on a quiet machine the second thread helps. With a load average of about 2 on 2
+    cores, the 24 kHz and 48 kHz encode and decode measured 10 to 25 % slower with this class
+    than with the default thread count (benchmarks/bench_networks.py).
     """
 
     def forward(self, *args, **kwargs):  # type: ignore[override]
