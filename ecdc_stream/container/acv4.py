@@ -54,6 +54,8 @@ _FRAME_HEADER = struct.Struct(">II")  # payload length, CRC-32
 _PAYLOAD_HEADER = struct.Struct(">IHIB")  # sequence, frames, audio samples, segment count
 _SCALE = struct.Struct(">f")
 MAX_CHUNK_FRAMES = (1 << 16) - 1
+# Sequence numbers are u32.
+MAX_CHUNKS = 1 << 32
 MAX_SEGMENTS_PER_CHUNK = 255
 
 # A header whose total_samples is null gets this many trailing spaces, so that a seekable writer
@@ -334,21 +336,22 @@ def remaining_bytes(fo: BinaryIO) -> int | None:
 
 
 def check_length_fits(params: StreamParams, stream_bytes: int | None, source: str = "input") -> None:
-    """Raise InvalidStreamError if the header's length needs more chunks than `stream_bytes` could hold.
+    """Raise InvalidStreamError if the header's length needs more chunks than sequence numbers can count.
 
-    Chunks missing from a file are concealed as silence up to the header's `total_samples`, so a
-    corrupt length field (say 10^15 samples) would make a reader write silence without end. A
-    file can have lost at most the chunks that its bytes could have held, each at least a frame
-    header and a payload header long.
+    Chunks missing from a stream are concealed as silence up to the header's `total_samples`, so a
+    corrupt length field (say 10^15 samples) would make a reader write silence almost without end.
+    Sequence numbers are u32, so no valid stream has more than 2^32 chunks.
+    `stream_bytes` (the bytes after the header, None for a pipe) only sharpens the message.
     """
-    if params.total_samples is None or stream_bytes is None:
+    # NOTE: a length below that limit but far beyond the chunks present is taken as truncation and
+    # concealed to the end, which can be a very long silence if the length field itself is damaged.
+    if params.num_chunks is None or params.num_chunks <= MAX_CHUNKS:
         return
-    most = stream_bytes // (_FRAME_HEADER.size + _PAYLOAD_HEADER.size) + 1
-    if params.num_chunks is not None and params.num_chunks > most:
-        raise InvalidStreamError(
-            f"{source} header gives a length of {params.total_samples} samples ({params.num_chunks} chunks), "
-            f"but its {stream_bytes} bytes of chunks can hold at most {most}: the header is corrupt"
-        )
+    held = "" if stream_bytes is None else f" and {stream_bytes} bytes of chunks follow"
+    raise InvalidStreamError(
+        f"{source} header gives a length of {params.total_samples} samples ({params.num_chunks} chunks), "
+        f"more than the {MAX_CHUNKS} chunks a stream can number{held}: the header is corrupt"
+    )
 
 
 def chunk_duration(params: StreamParams, sequence: int) -> int:
