@@ -38,14 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module_name = f"ecdc_stream.commands.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # TODO: make every import strict once all commands exist.
-            if exc.name != module_name:
-                raise
-            continue
+        module = importlib.import_module(f"ecdc_stream.commands.{name}")
         module.register(subparsers)
     return parser
 
