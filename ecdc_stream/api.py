@@ -3,7 +3,7 @@
 `compress(model, wav)` returns the bytes of an .ecdc stream and `decompress(data)` returns the
 audio and its sample rate. The `*_file` variants read and write files. Streams coded with the LM
 are acv=4 (chunked, CRC-framed, decodable identically on every machine) unless `legacy_lm=True`
-asks for the original EnCodec package's format. Streams without the LM are the original raw
+selects the original EnCodec package's format. Streams without the LM are the original raw
 format, which the original package reads too.
 """
 

@@ -15,11 +15,11 @@ class InvalidStreamError(EcdcError):
 
 
 class UnsupportedStreamError(EcdcError):
-    """The stream is valid but asks for something this version cannot decode."""
+    """The stream is valid but needs a feature that this version cannot decode."""
 
 
 class InvalidAudioError(EcdcError):
-    """The audio input is missing, unreadable, empty, or holds NaN or infinite samples."""
+    """The audio input is missing, unreadable or empty, or contains NaN or infinite samples."""
 
 
 class ModelNotFoundError(EcdcError):

@@ -3,8 +3,8 @@
 # first argument, or the 20 s test recording in ../shared/audio beside this clone.
 #
 # The published EnCodec checkpoints are downloaded into the torch hub cache on first use. Where
-# that is impossible (no network) and no folder is named by ECDC_STREAM_WEIGHTS, the script says
-# so and uses seeded random checkpoints instead: every step runs, but the audio is not speech.
+# that is impossible (no network) and no folder is named by ECDC_STREAM_WEIGHTS, the script prints
+# a warning and uses seeded random checkpoints instead: every step runs, but the audio is not speech.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("input", metavar="IN", help="audio file to compress, or - for standard input")
     parser.add_argument("output", metavar="OUT", help=".ecdc file to write, or - for standard output")
     add_model_options(parser)
+
     lm = parser.add_mutually_exclusive_group()
     lm.add_argument(
         "--lm",
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="use the LM format of the original encodec package, which that package reads but which "
         "may not decode on another machine",
     )
+
     parser.add_argument(
         "--chunk-seconds",
         type=float,
@@ -55,9 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--start", type=float, default=0.0, metavar="S", help="encode from S seconds into IN")
     parser.add_argument("--end", type=float, default=None, metavar="S", help="encode up to S seconds into IN")
+
     parser.add_argument("--title", default=None, help="title tag stored in the acv=4 header")
     parser.add_argument("--artist", default=None, help="artist tag stored in the acv=4 header")
     parser.add_argument("--comment", default=None, help="comment tag stored in the acv=4 header")
+
     parser.add_argument(
         "--format",
         dest="input_format",
@@ -68,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=int, default=None, metavar="HZ", help="sample rate of raw standard input")
     parser.add_argument("--channels", type=int, default=None, metavar="C", help="channel count of raw standard input")
     parser.add_argument("--fsync", action="store_true", help="make every chunk durable on disk before the next one")
+
     parser.set_defaults(func=run)
     return parser
 

@@ -15,7 +15,7 @@ from ecdc_stream.errors import EcdcError, UnsupportedStreamError
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "inspect",
-        help="show what an .ecdc file holds",
+        help="show the header, duration, bitrate and chunks of an .ecdc file",
         description="Print the header of an .ecdc file, its duration, bitrate and how it is coded.",
     )
     parser.add_argument("input", metavar="FILE", help=".ecdc file to inspect")

@@ -73,7 +73,7 @@ def build_stable_quantized_cdf(
     # Cap the cumulative counts so that each later code keeps `min_range`. The cap is the
     # identity whenever the reference's total fits in 2**bits (see the module docstring).
     # NOTE: a reference stream that coded a code lying within that margin of the top of an
-    # overflowing CDF decodes differently here. The reference vectors never overflow.
+    # overflowing CDF decodes differently here. None of the golden reference streams overflows.
     cdf = np.cumsum(counts, axis=-1)
     room_after = min_range * np.arange(card - 1, -1, -1, dtype=np.int64)
     return np.minimum(cdf, total_range - room_after)

@@ -149,7 +149,7 @@ def read_stream_blocks(
             break
 
     if position == 0:
-        raise InvalidAudioError(f"{source} holds no audio samples")
+        raise InvalidAudioError(f"{source} contains no audio samples")
 
 
 async def stream_source(

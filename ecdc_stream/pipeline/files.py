@@ -37,7 +37,7 @@ STDIO = "-"
 
 @dataclass
 class EncodeReport:
-    """What `encode_file` did: audio samples (at the model's rate), chunks and bytes written."""
+    """Summary of an `encode_file` run: audio samples (at the model's rate), chunks and bytes written."""
 
     samples: int = 0
     sample_rate: int = 0
@@ -57,7 +57,7 @@ class EncodeReport:
 
 @dataclass
 class DecodeReport:
-    """What `decode_file` did: samples written, sample rate, gaps concealed, samples clamped."""
+    """Summary of a `decode_file` run: samples written, sample rate, gaps concealed, samples clamped."""
 
     samples: int = 0
     sample_rate: int = 0

@@ -1,7 +1,7 @@
 """Immutable records that travel between pipeline stages.
 
 Shapes use C for audio channels, K for codebooks and T for frames. Sample counts are at the
-model's sample rate unless a record says otherwise.
+model's sample rate unless a record states otherwise.
 """
 
 from __future__ import annotations
