@@ -122,11 +122,7 @@ def run(name: str, seconds: int) -> dict[str, float]:
 
     lm = float_lm(name, state)
     reference_step = float_step_ms(lm, num_codebooks, params.past_context, 30)
-    weight_bytes = sum(
-        linear.weight.numel() * linear.weight.element_size()
-        for layer in coder.lm.layers
-        for linear in (layer.in_proj, layer.out_proj, layer.linear1, layer.linear2)
-    ) + coder.lm.output.weight.numel() * coder.lm.output.weight.element_size()
+    weight_bytes = coder.lm.weight_bytes()
     return {
         "weight_mb": weight_bytes / 1e6,
         "encode": encode / audio_seconds * 1000,

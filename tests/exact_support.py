@@ -78,17 +78,25 @@ def hashed_codes(num_codebooks: int, frames: int, card: int, salt: int) -> np.nd
     return np.minimum((values * card).astype(np.int64), card - 1).reshape(num_codebooks, frames)
 
 
-def reversed_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Multiply with the inner dimension reversed, which changes the summation order."""
+def reversed_matmul(a, b):
+    """Multiply with the inner dimension reversed, which changes the summation order.
+
+    Takes two torch tensors or two numpy arrays, like the exact LM's `integer_matmul`.
+    """
+    if isinstance(a, np.ndarray):
+        return np.matmul(a[..., ::-1], b[..., ::-1, :])
     return torch.matmul(a.flip(-1), b.flip(-2))
 
 
-def blocked_matmul(a: torch.Tensor, b: torch.Tensor, block: int = 7) -> torch.Tensor:
-    """Multiply as a sum of products over blocks of the inner dimension, last block first."""
+def blocked_matmul(a, b, block: int = 7):
+    """Multiply as a sum of products over blocks of the inner dimension, last block first.
+
+    Takes two torch tensors or two numpy arrays, like the exact LM's `integer_matmul`.
+    """
     inner = a.shape[-1]
     total = None
     for start in reversed(range(0, inner, block)):
-        part = torch.matmul(a[..., start : start + block], b[..., start : start + block, :])
+        part = a[..., start : start + block] @ b[..., start : start + block, :]
         total = part if total is None else total + part
     return total
 
