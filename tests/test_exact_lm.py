@@ -175,6 +175,30 @@ def test_teacher_forced_equals_stepwise_real_size(real_size_lm):
     assert torch.equal(teacher_forced, stepwise)
 
 
+def test_torch_steps_equal_numpy_steps(real_size_state, monkeypatch):
+    # On the CPU the LM steps in numpy; on a GPU it steps in torch. Forcing the torch network on
+    # the CPU runs the GPU's code path here, cache growth included (capacity 8 for 40 frames).
+    codes = torch.from_numpy(hashed_codes(8, 40, 1024, salt=9)).unsqueeze(0)
+    numpy_lm = ExactLM(real_size_state, num_codebooks=8, past_context=30)
+    torch_lm = ExactLM(real_size_state, num_codebooks=8, past_context=30)
+    monkeypatch.setattr(torch_lm, "_step_network", torch_lm.network)
+
+    def steps(lm: ExactLM) -> list[torch.Tensor]:
+        state = lm.start(1, max_frames=7)
+        logits, previous = [], None
+        for frame in range(codes.shape[-1]):
+            logits.append(lm.step(state, previous))
+            previous = codes[:, :, frame]
+        return logits
+
+    numpy_steps, torch_steps = steps(numpy_lm), steps(torch_lm)
+    assert isinstance(numpy_lm.start(1).keys[0], np.ndarray)
+    assert isinstance(torch_lm.start(1).keys[0], torch.Tensor)
+    for frame, (expected, actual) in enumerate(zip(numpy_steps, torch_steps)):
+        assert torch.equal(expected, actual), frame
+    assert torch.equal(torch.stack(numpy_steps, dim=1), numpy_lm.logits(codes))
+
+
 def test_batch_equals_single(golden_lm):
     state, _ = golden_lm
     lm = ExactLM(state, num_codebooks=4, past_context=262)
