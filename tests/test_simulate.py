@@ -22,7 +22,7 @@ from ecdc_stream.commands.simulate import simulate
 from ecdc_stream.container.acv4 import StreamParams
 from ecdc_stream.faults import BurstLoss, FaultConfig
 from ecdc_stream.io.tcp import TcpReceiver
-from ecdc_stream.io.transport import LinkDecoder, parse_url
+from ecdc_stream.io.transport import LinkDecoder, TransportError, parse_url
 from ecdc_stream.io.udp import UdpReceiver
 from ecdc_stream.model import load_model
 
@@ -213,22 +213,27 @@ class FakeStdio:
         self.buffer = io.BytesIO(data)
 
 
-def test_send_and_receive_commands_over_pipe(tiny_24, recording, tmp_path, monkeypatch, capsys):
-    bandwidth = str(tiny_24.target_bandwidths[0])
+def send_to_pipe(model, recording, monkeypatch, *options: str) -> bytes:
+    """Run `send RECORDING -` with the tiny model at its first target bandwidth; return what it wrote to standard output."""
     stdout = FakeStdio()
     monkeypatch.setattr(sys, "stdout", stdout)
     args = parse(
         send_command.register,
-        ["send", str(recording), "-", "--model", "tiny_24khz", "--bandwidth", bandwidth, "--speed", "0",
-         "--loss", "0.1", "--seed", "1", "--json"],
+        ["send", str(recording), "-", "--model", "tiny_24khz", "--bandwidth", str(model.target_bandwidths[0]),
+         "--speed", "0", *options],
     )
     assert args.func(args) == 0
     monkeypatch.undo()
+    return stdout.buffer.getvalue()
+
+
+def test_send_and_receive_commands_over_pipe(tiny_24, recording, tmp_path, monkeypatch, capsys):
+    stream = send_to_pipe(tiny_24, recording, monkeypatch, "--loss", "0.1", "--seed", "1", "--json")
     sent = json.loads(capsys.readouterr().err)
     assert sent["chunks_sent"] == chunks_at_one_second(tiny_24, recording)
 
     # Damage a byte in the middle of the stream as well.
-    data = bytearray(stdout.buffer.getvalue())
+    data = bytearray(stream)
     data[len(data) // 2] ^= 0x5A
     monkeypatch.setattr(sys, "stdin", FakeStdio(bytes(data)))
     output = tmp_path / "received.wav"
@@ -272,14 +277,85 @@ async def test_send_and_receive_over_sockets(tiny_24, recording, encoding_24, sc
         np.testing.assert_array_equal(chunk.codes, encoding_24.counter.kept[sequence].codes)
 
 
-def test_total_loss_names_the_faults(capsys, tmp_path, tiny_models, golden_dir):
+@pytest.mark.parametrize(
+    ("fault_layer", "loss", "header_received"),
+    [
+        # The framer sends a header with its end messages when no chunk reached it.
+        ("chunk", "1.0", True),
+        ("wire", "1.0", False),
+        ("wire", "0.999", False),
+    ],
+)
+def test_total_loss_writes_silence(capsys, tmp_path, tiny_models, golden_dir, fault_layer, loss, header_received):
     from ecdc_stream.cli import main
 
+    recording = golden_dir / "tiny_24khz" / "input.wav"
+    output = tmp_path / "out.wav"
     status = main([
-        "simulate", str(golden_dir / "tiny_24khz" / "input.wav"), str(tmp_path / "out.wav"),
-        "--model", "tiny_24khz", "--bandwidth", "1.2", "--loss", "1.0", "-q",
+        "simulate", str(recording), str(output), "--model", "tiny_24khz", "--bandwidth", "1.2",
+        "--loss", loss, "--fault-layer", fault_layer, "--seed", "3", "--json", "-q",
     ])
-    assert status == 1
-    message = capsys.readouterr().err
-    assert "injected faults dropped or damaged every message" in message
-    assert not (tmp_path / "out.wav").exists()
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+
+    assert report["chunks_sent"] == chunks_at_one_second(load_model("tiny_24khz"), recording)
+    assert report["chunks_lost"] == report["chunks_sent"]
+    assert report["chunks_received"] == 0
+    assert report["header_received"] is header_received
+    assert report["injected"]["dropped"] == report["injected"]["sent"]
+
+    audio, rate = sf.read(str(output), dtype="float32")
+    assert rate == 24000
+    assert len(audio) == sf.info(str(recording)).frames
+    assert not np.any(audio)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.wav"]
+
+
+def test_bursts_dropping_every_header_still_decode(tiny_24, recording, encoding_24):
+    # A header before every chunk, and a burst state that flips before every message: the
+    # bursts take every even message, which is every header.
+    faults = FaultConfig(burst=BurstLoss(1.0, 1.0))
+    result = run_simulation(tiny_24, recording, faults, encoding_24, fault_layer="wire", header_every=1)
+    num_chunks = len(result.sent_chunks)
+    dropped = result.record.dropped
+    assert set(range(0, 2 * num_chunks, 2)) <= set(dropped)
+
+    report = result.report
+    assert report.extra["header_received"] is False
+    assert report.chunks_sent == num_chunks
+    assert report.chunks_received == num_chunks
+    assert report.chunks_lost == 0
+    # The link decoder rejects end messages that come before any header.
+    assert report.messages_rejected.get("end_before_header", 0) > 0
+    assert result.received.shape == (1, sf.info(str(recording)).frames)
+    np.testing.assert_allclose(result.received, result.clean, rtol=0, atol=1e-6)
+    for sequence, chunk in result.receiver.chunks.items():
+        np.testing.assert_array_equal(chunk.codes, result.sent_chunks[sequence].codes)
+
+
+def test_total_loss_of_resampled_input_keeps_length(tiny_24, audio_dir):
+    # The 48 kHz recording is resampled, so no header states its length: the sender's count does.
+    faults = FaultConfig(loss=1.0)
+    result = run_simulation(tiny_24, audio_dir / "test_48k.wav", faults, fault_layer="wire")
+    assert result.params.total_samples is None
+    sent_samples = sum(chunk.num_samples for chunk in result.sent_chunks)
+    assert sent_samples == sf.info(str(audio_dir / "test_48k.wav")).frames // 2
+    assert result.received.shape == (1, sent_samples)
+    assert not np.any(result.received)
+    assert result.report.extra["header_received"] is False
+    assert result.report.chunks_lost == len(result.sent_chunks)
+
+
+def test_receive_command_rejects_stream_without_header(tiny_24, recording, tmp_path, monkeypatch, capsys):
+    # A real receiver rejects the faults that simulate decodes through in
+    # test_bursts_dropping_every_header_still_decode.
+    stream = send_to_pipe(tiny_24, recording, monkeypatch, "--fault-layer", "wire", "--burst", "1,1", "--header-every", "1")
+    capsys.readouterr()
+
+    monkeypatch.setattr(sys, "stdin", FakeStdio(stream))
+    output = tmp_path / "received.wav"
+    args = parse(receive_command.register, ["receive", "-", str(output)])
+    with pytest.raises(TransportError, match="before its header arrived"):
+        args.func(args)
+    assert list(tmp_path.iterdir()) == []

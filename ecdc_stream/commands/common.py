@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from ecdc_stream.api import MODEL_ALIASES
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.pipeline.files import STDIO
+
+if TYPE_CHECKING:
+    from ecdc_stream.pipeline.core import Pipeline, Stage
+
+# Fault layers of `send` and `simulate`: framed acv=4 chunks, or link messages.
+FAULT_LAYERS = ("chunk", "wire")
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, bandwidth: bool = True) -> None:
@@ -65,3 +72,20 @@ def check_time_range(start: float, end: float | None) -> None:
         raise InvalidArgumentError(f"--start must be 0 or more seconds, got {start}")
     if end is not None and not end > start:
         raise InvalidArgumentError(f"--end ({end} s) must be later than --start ({start} s)")
+
+
+def append_link_stages(pipeline: Pipeline, framer: Stage, injector: Stage | None, fault_layer: str) -> None:
+    """Append the link framer to `pipeline`, with the fault injector on the side that `fault_layer` names.
+
+    "chunk" puts the injector before the framer, so faults hit framed acv=4 chunks and the
+    receiver counts each damaged chunk as corrupt. "wire" puts it after, so faults hit the link
+    messages themselves: headers, fragments and end messages. With no injector only the framer
+    is appended. Raises InvalidArgumentError for any other layer.
+    """
+    if fault_layer not in FAULT_LAYERS:
+        raise InvalidArgumentError(f"fault layer {fault_layer!r} is not one of {', '.join(FAULT_LAYERS)}")
+    if injector is not None and fault_layer == "chunk":
+        pipeline.append("faults", injector)
+    pipeline.append("link", framer)
+    if injector is not None and fault_layer == "wire":
+        pipeline.append("faults", injector)

@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ecdc_stream.commands.common import add_runtime_options, weights_dir
 from ecdc_stream.container.acv4 import DECODE_BATCH, ChunkCoder, CorruptChunkError, StreamParams, chunk_duration
 from ecdc_stream.errors import InvalidArgumentError
-from ecdc_stream.io.transport import Arrival, LinkDecoder, StreamHeader, TransportError, parse_url, pipe_source
+from ecdc_stream.io.transport import Arrival, LinkDecoder, StreamEnd, StreamHeader, TransportError, parse_url, pipe_source
 from ecdc_stream.pipeline.concealment import conceal_stage
 from ecdc_stream.pipeline.core import NamedStage, Pipeline, Stage
 from ecdc_stream.pipeline.jitter import DEFAULT_WINDOW_MS, JitterBuffer
@@ -53,6 +53,7 @@ class ReceiveResult:
     audio: the decoded audio `[C, n]` float32 when it was kept, else None.
     chunks: the codes of every chunk that arrived intact, by sequence number, when kept.
     gaps: every concealed chunk, in order.
+    header_received: False when no header arrived and a simulation's fallback header was used.
     """
 
     params: StreamParams
@@ -60,6 +61,7 @@ class ReceiveResult:
     audio: np.ndarray | None
     chunks: dict[int, CodeChunk] | None
     gaps: list[Gap]
+    header_received: bool = True
 
     def report(self, reference: np.ndarray | None = None, extra: dict[str, Any] | None = None) -> LinkReport:
         """Return the link report, with the SNR against `reference` `[C, n]` when given."""
@@ -215,6 +217,7 @@ async def receive_stream(
     virtual_clock: bool = False,
     keep_audio: bool = False,
     keep_chunks: bool = False,
+    fallback_header: Callable[[], tuple[StreamHeader, StreamEnd]] | None = None,
 ) -> ReceiveResult:
     """Run a receiver on `source` (a stage that sends link events) until the stream ends.
 
@@ -222,11 +225,16 @@ async def receive_stream(
     window_ms: how long the jitter buffer waits for a missing chunk once a later one arrived.
     weights: folder of the checkpoints; torch_device: where the decoder network runs.
     virtual_clock: take arrival times from `Arrival` stamps (a simulation).
-    Raises TransportError when the stream ends before any header arrived.
+    fallback_header: only for a simulation, whose sender runs in this process. When the stream
+    ends before any header arrived, it is called for the header and end message that the sender
+    sent, and every event that did arrive is decoded as if those two had arrived last.
+    Raises TransportError when the stream ends before any header arrived and there is no
+    `fallback_header`, because a real receiver cannot decode without one.
     """
     try:
         return await _receive_stream(
-            source, link, output, play, audio_device, window_ms, weights, torch_device, virtual_clock, keep_audio, keep_chunks
+            source, link, output, play, audio_device, window_ms, weights, torch_device, virtual_clock, keep_audio, keep_chunks,
+            fallback_header,
         )
     except BaseExceptionGroup as group:
         raise first_error(group) from None
@@ -244,6 +252,7 @@ async def _receive_stream(
     virtual_clock: bool,
     keep_audio: bool,
     keep_chunks: bool,
+    fallback_header: Callable[[], tuple[StreamHeader, StreamEnd]] | None,
 ) -> ReceiveResult:
     from ecdc_stream.model import lm_state_dict, load_model
 
@@ -254,7 +263,8 @@ async def _receive_stream(
     async with anyio.create_task_group() as group:
         group.start_soon(NamedStage("source", source).call, empty_receive, events_send)
 
-        # Hold what arrives before the header, within a bound.
+        # Hold what arrives before the header, within a bound. With a fallback header every
+        # event is held until the stream ends, because all of them are decoded if no header comes.
         held: list[Any] = []
         header: StreamHeader | None = None
         async for event in events_receive:
@@ -263,13 +273,25 @@ async def _receive_stream(
                 header = item
                 break
             held.append(event)
-            if len(held) > MAX_EVENTS_BEFORE_HEADER:
+            if fallback_header is None and len(held) > MAX_EVENTS_BEFORE_HEADER:
                 held.pop(0)
+
+        header_received = header is not None
+        known_end: StreamEnd | None = None
         if header is None:
-            raise TransportError(
-                f"the stream ended before its header arrived ({link.messages} messages, "
-                f"{sum(link.rejected.values())} rejected): check that the sender sends to this address"
+            if fallback_header is None:
+                raise TransportError(
+                    f"the stream ended before its header arrived ({link.messages} messages, "
+                    f"{sum(link.rejected.values())} rejected): check that the sender sends to this address"
+                )
+            header, known_end = fallback_header()
+            logger.warning(
+                "no copy of the stream header arrived (%d other link events did): decoding with the sender's parameters",
+                len(held),
             )
+        else:
+            # Once a header arrived, keep only what a receiver without a fallback would have held.
+            del held[:-MAX_EVENTS_BEFORE_HEADER]
 
         params = StreamParams.from_metadata(header.metadata, "stream header")
         logger.info(
@@ -283,6 +305,11 @@ async def _receive_stream(
         stats = LinkStats(sample_rate=params.sample_rate)
         stats.rejected.update(link.rejected)
         link.rejected = stats.rejected
+        # The link decoder rejects end messages that come before any header, so with a fallback
+        # header the sender's end message gives the length.
+        num_chunks, total_samples = params.num_chunks, params.total_samples
+        if known_end is not None:
+            num_chunks, total_samples = known_end.num_chunks, known_end.total_samples
         # NOTE: the output always starts at chunk 0, so a receiver that joins a running stream
         # conceals everything it missed as lost (up to MAX_RESYNC_JUMP chunks), which keeps a
         # file's length exact but plays that much silence first with --play.
@@ -291,8 +318,8 @@ async def _receive_stream(
             window_ms=window_ms,
             stats=stats,
             virtual_clock=virtual_clock,
-            num_chunks=params.num_chunks,
-            total_samples=params.total_samples,
+            num_chunks=num_chunks,
+            total_samples=total_samples,
         )
         kept: dict[int, CodeChunk] | None = {} if keep_chunks else None
         chunk_decoder = ChunkDecodeStage(coder, stats, lambda: jitter.total_samples, kept)
@@ -331,7 +358,7 @@ async def _receive_stream(
             "%d chunks lost, %d corrupt, %d late: %.2f s concealed",
             stats.lost, stats.corrupt, stats.late, stats.concealed_samples / params.sample_rate,
         )
-    return ReceiveResult(coder.params, stats, tap.audio(params.channels), kept, chunk_decoder.gaps)
+    return ReceiveResult(coder.params, stats, tap.audio(params.channels), kept, chunk_decoder.gaps, header_received)
 
 
 # ----------------------------------------------------------------------------------------------

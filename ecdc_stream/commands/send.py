@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ecdc_stream.commands.common import add_model_options, weights_dir
+from ecdc_stream.commands.common import FAULT_LAYERS, add_model_options, append_link_stages, weights_dir
 from ecdc_stream.container.acv4 import DEFAULT_CHUNK_SECONDS, ChunkCoder, StreamParams
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.faults import FaultConfig, FaultInjector, add_fault_arguments, fault_config_from_args
@@ -180,7 +180,7 @@ def add_link_options(parser: argparse.ArgumentParser) -> None:
         help="repeat the stream header every N chunks, for receivers that start late (default: 4)",
     )
     parser.add_argument(
-        "--fault-layer", choices=("chunk", "wire"), default="chunk",
+        "--fault-layer", choices=FAULT_LAYERS, default="chunk",
         help="where faults hit: framed chunks (the receiver counts them exactly) or link messages (default: chunk)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -261,11 +261,7 @@ async def send_stream(
     pipeline = encoding.stages(source)
     if speed > 0:
         pipeline.append("pace", Pacer(params.chunk_samples / params.sample_rate, speed))
-    if injector is not None and fault_layer == "chunk":
-        pipeline.append("faults", injector)
-    pipeline.append("link", link)
-    if injector is not None and fault_layer == "wire":
-        pipeline.append("faults", injector)
+    append_link_stages(pipeline, link, injector, fault_layer)
     pipeline.append("transport", sink)
     logger.info("sending %s at %g kbps to %s", params.model, params.bandwidth, url)
     await pipeline.run(handle_signals=True)
