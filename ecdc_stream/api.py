@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +24,7 @@ import torch
 from ecdc_stream.container import acv4, legacy
 from ecdc_stream.container.header import read_header, require_field
 from ecdc_stream.errors import InvalidArgumentError, InvalidAudioError, UnsupportedStreamError
+from ecdc_stream.io.temporary_files import create_beside
 from ecdc_stream.model import EncodecModel, lm_state_dict, load_lm, load_model, resolve_device
 from ecdc_stream.pipeline.concealment import Concealer
 from ecdc_stream.pipeline.records import AudioBlock, Gap
@@ -276,10 +276,7 @@ def write_atomically(path: Path, write: Any) -> None:
 
     On any error the temporary file is removed, so no partial file is left under `path`.
     """
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidArgumentError(f"output folder {str(directory)!r} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    handle, temporary = create_beside(path)
     try:
         with os.fdopen(handle, "wb") as fo:
             write(fo)

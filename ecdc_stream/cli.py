@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         logging.getLogger().setLevel(logging.WARNING)
 
-    # `kill` and `timeout` send SIGTERM: stop as on Ctrl-C, so that no partial output is left.
+    # `kill` and `timeout` send SIGTERM: stop as on Ctrl-C. Then encode, simulate and decode from
+    # a file leave no partial output. Commands with a live input (record, receive, decode from
+    # standard input) keep a valid file with what arrived.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return int(args.func(args) or 0)

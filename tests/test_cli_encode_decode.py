@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from ecdc_stream.cli import main
+from ecdc_stream.io.audio_files import writable_formats
 
 
 @pytest.fixture
@@ -150,3 +153,41 @@ def test_decode_into_missing_folder(capsys, tmp_path, tiny_input):
     encode(tiny_input, encoded)
     assert main(["decode", str(encoded), str(tmp_path / "absent" / "out.wav")]) == 1
     assert "output folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extension", sorted(writable_formats()))
+def test_decode_to_each_writable_format(tmp_path, tiny_input, extension):
+    encoded = tmp_path / "stream.ecdc"
+    encode(tiny_input, encoded)
+    out = tmp_path / f"out{extension}"
+    assert main(["decode", str(encoded), str(out), "-q"]) == 0
+    assert sf.info(str(out)).format == writable_formats()[extension]
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [("encode", "stream.ecdc"), ("encode --no-lm", "original.ecdc"), ("decode", "out.wav")],
+)
+def test_output_mode_follows_umask(tmp_path, tiny_input, command, name):
+    encoded = tmp_path / "input.ecdc"
+    encode(tiny_input, encoded)
+    output = tmp_path / name
+    previous = os.umask(0o027)
+    try:
+        if command == "decode":
+            assert main(["decode", str(encoded), str(output), "-q"]) == 0
+        else:
+            encode(tiny_input, output, *command.split()[1:])
+    finally:
+        os.umask(previous)
+    # A new file gets 0666 less the umask, whether or not it was written under a temporary name.
+    assert stat.S_IMODE(output.stat().st_mode) == 0o640
+
+
+def test_decode_to_stdout_needs_no_extension(capfdbinary, tmp_path, tiny_input):
+    encoded = tmp_path / "stream.ecdc"
+    encode(tiny_input, encoded)
+    capfdbinary.readouterr()
+    assert main(["decode", str(encoded), "-", "--format", "s16le", "-q"]) == 0
+    # 2 s of 24 kHz mono audio as 16-bit samples.
+    assert len(capfdbinary.readouterr().out) == 48000 * 2

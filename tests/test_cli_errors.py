@@ -198,6 +198,22 @@ class TestDecodeErrors:
         assert not out.exists()
 
 
+@pytest.mark.parametrize("name", ["out.xyz", "out", "out.wav.bak"])
+@pytest.mark.parametrize("command", ["decode", "simulate", "receive"])
+def test_unknown_output_extension(capsys, tmp_path, short_wav, command, name):
+    out = tmp_path / name
+    # The input is not an .ecdc stream, and no weights are given: the output is checked before either matters.
+    argv = {
+        "decode": ["decode", str(short_wav), str(out)],
+        "simulate": ["simulate", str(short_wav), str(out)],
+        "receive": ["receive", "-", str(out)],
+    }[command]
+    status, lines = run_cli(capsys, *argv)
+    suffix = Path(name).suffix
+    assert_one_line_error(status, lines, repr(str(out)), suffix or "no extension", ".wav, .flac")
+    assert [path.name for path in tmp_path.iterdir()] == ["short.wav"]
+
+
 def test_inspect_not_ecdc(capsys, short_wav):
     status, lines = run_cli(capsys, "inspect", str(short_wav))
     assert_one_line_error(status, lines, "not an .ecdc stream")

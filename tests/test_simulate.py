@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ecdc_stream.cli import main
 from ecdc_stream.commands import receive as receive_command
 from ecdc_stream.commands import send as send_command
 from ecdc_stream.commands import simulate as simulate_command
@@ -206,6 +210,29 @@ def test_simulate_command_json(tiny_24, recording, tmp_path, capsys):
         assert key in report
     assert report["chunks_lost"] == report["injected"]["dropped"]
     assert sf.info(str(output)).frames == sf.info(str(recording)).frames
+
+
+def test_simulate_output_over_input_rejected(tiny_24, recording, tmp_path, capsys):
+    source = tmp_path / "input.wav"
+    shutil.copyfile(recording, source)
+    before = source.read_bytes()
+    argv = ["simulate", str(source), str(source), "--model", "tiny_24khz", "--bandwidth", str(tiny_24.target_bandwidths[0])]
+    assert main(argv) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert source.read_bytes() == before
+    assert [path.name for path in tmp_path.iterdir()] == ["input.wav"]
+
+
+def test_simulate_output_mode_follows_umask(tiny_24, recording, tmp_path):
+    output = tmp_path / "out.wav"
+    argv = ["simulate", str(recording), str(output), "--model", "tiny_24khz", "--bandwidth", str(tiny_24.target_bandwidths[0]),
+            "-q"]
+    previous = os.umask(0o027)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(output.stat().st_mode) == 0o640
 
 
 class FakeStdio:

@@ -12,7 +12,7 @@ from ecdc_stream import api
 from ecdc_stream.commands.common import add_runtime_options, check_output_is_not_input, check_time_range
 from ecdc_stream.container.header import read_header
 from ecdc_stream.errors import InvalidArgumentError
-from ecdc_stream.io.audio_files import WavWriter
+from ecdc_stream.io.audio_files import WavWriter, writable_format
 from ecdc_stream.pipeline.files import STDIO, decode_file
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "decode",
         help="decompress an .ecdc file to audio",
-        description="Decompress IN.ecdc (or - for an acv=4 stream on standard input) to OUT: a WAV, "
-        "FLAC or OGG file by its extension, or - for standard output.",
+        description="Decompress IN.ecdc (or - for an acv=4 stream on standard input) to OUT: a sound "
+        "file in the format its extension names (.wav, .flac, .ogg, .aiff, or .mp3 with libsndfile 1.1 or "
+        "later), or - for standard output. A failed run, or one from a file stopped by Ctrl-C, leaves no OUT and an earlier OUT "
+        "as it was. Ctrl-C on a stream from standard input keeps what arrived.",
     )
     parser.add_argument("input", metavar="IN", help=".ecdc file to decompress, or - for standard input")
     parser.add_argument("output", metavar="OUT", help="audio file to write, or - for standard output")
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_is_not_input(args.input, args.output)
     if args.output != STDIO and args.output_format not in (None, "wav"):
         raise InvalidArgumentError(f"--format {args.output_format} applies to standard output ('-') only")
+    if args.output != STDIO:
+        writable_format(args.output)
 
     # Standard input can only be read once, so it must be an acv=4 stream, which decodes as it arrives.
     if args.input == STDIO or is_acv4(args.input):

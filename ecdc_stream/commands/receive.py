@@ -343,7 +343,10 @@ async def _receive_stream(
         if output is not None:
             from ecdc_stream.io.audio_files import AudioFileSink
 
-            pipeline.append("output", AudioFileSink(output, params.sample_rate, params.channels))
+            # The source is live and stopping it is the normal end, so a cancelled run (Ctrl-C,
+            # SIGTERM) keeps a valid file with what arrived.
+            sink = AudioFileSink(output, params.sample_rate, params.channels, keep_on_cancel=True)
+            pipeline.append("output", sink)
         if play:
             from ecdc_stream.io.devices import Speakers
 
@@ -374,7 +377,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "and write it to a sound file or play it. Prints a report of what arrived.",
     )
     parser.add_argument("url", help="where to listen: udp://HOST:PORT, tcp://HOST:PORT, or - for standard input")
-    parser.add_argument("output", nargs="?", default=None, help="sound file to write (WAV unless the suffix names another format)")
+    parser.add_argument(
+        "output", nargs="?", default=None,
+        help="sound file to write, in the format its extension names: .wav, .flac, .ogg, .aiff, "
+        "or .mp3 with libsndfile 1.1 or later",
+    )
     parser.add_argument("--play", action="store_true", help="play the stream on the speakers")
     parser.add_argument("--output-device", default=None, metavar="N", help="PortAudio output device for --play")
     parser.add_argument(
@@ -445,6 +452,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("receive needs an output file or --play: give OUT.wav, --play, or both")
     if args.window < 0 or args.idle_timeout <= 0:
         raise InvalidArgumentError(f"--window {args.window} and --idle-timeout {args.idle_timeout} must be positive")
+    if args.output is not None:
+        from ecdc_stream.io.audio_files import writable_format
+
+        writable_format(args.output)
 
     from ecdc_stream.api import resolve_model_name
 

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,20 @@ import anyio
 import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ecdc_stream.commands.common import FAULT_LAYERS, add_model_options, append_link_stages, weights_dir
+from ecdc_stream.commands.common import (
+    FAULT_LAYERS,
+    add_model_options,
+    append_link_stages,
+    check_output_is_not_input,
+    weights_dir,
+)
 from ecdc_stream.commands.receive import ReceiveResult, first_error, print_report, receive_stream
 from ecdc_stream.commands.send import Encoding, add_link_options, file_source_stage, load_sender_model, prepare_encoding
 from ecdc_stream.container.acv4 import DEFAULT_CHUNK_SECONDS, StreamParams
 from ecdc_stream.errors import InvalidArgumentError
 from ecdc_stream.faults import FaultConfig, FaultInjector, FaultRecord, add_fault_arguments, fault_config_from_args
+from ecdc_stream.io.audio_files import writable_format
+from ecdc_stream.io.temporary_files import create_beside
 from ecdc_stream.io.transport import MAX_FRAGMENT_BYTES, Arrival, LinkDecoder, LinkFramer, StreamEnd, StreamHeader
 from ecdc_stream.pipeline.jitter import DEFAULT_WINDOW_MS
 from ecdc_stream.pipeline.records import CodeChunk
@@ -109,12 +116,9 @@ class SignalWatch:
 
 def temporary_output(path: Path) -> Path:
     """Create an empty file beside `path` that ends in the same suffix, to write `path` under another name."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise InvalidArgumentError(f"output folder {str(folder)!r} does not exist")
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=folder)
+    handle, temporary = create_beside(path, f".part{path.suffix}")
     os.close(handle)
-    return Path(name)
+    return temporary
 
 
 def remove_temporary_output(path: Path) -> None:
@@ -152,6 +156,9 @@ async def simulate(
     if fault_layer not in FAULT_LAYERS:
         raise InvalidArgumentError(f"fault layer {fault_layer!r} is not one of {', '.join(FAULT_LAYERS)}")
     target = None if output is None else Path(output)
+    if target is not None:
+        # Check the real name: the temporary one would show up in the error.
+        writable_format(target)
     temporary = None if target is None else temporary_output(target)
     watch = SignalWatch()
     result: SimulationResult | None = None
@@ -306,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
     faults = fault_config_from_args(args)
     if args.window < 0:
         raise InvalidArgumentError(f"--window is {args.window} ms: give 0 or more")
+    check_output_is_not_input(args.input, args.output)
+    writable_format(args.output)
     model = load_sender_model(args.model, weights_dir(args), args.device)
     result = anyio.run(
         lambda: simulate(

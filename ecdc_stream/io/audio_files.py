@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SECONDS = 0.5
 INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
+# Output extensions and the soundfile formats they select. `writable_formats` keeps those that
+# the installed libsndfile can write.
+OUTPUT_EXTENSIONS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".aiff": "AIFF", ".aif": "AIFF", ".mp3": "MP3"}
 
 
 def convert_channels(samples: np.ndarray, channels: int) -> np.ndarray:
@@ -175,10 +178,23 @@ class WavWriter:
         path: str | os.PathLike,
         sample_rate: int,
         channels: int,
-        subtype: str = "PCM_16",
+        subtype: str | None = None,
         file_format: str | None = None,
     ) -> None:
+        """Start writing `path`, in `file_format` or else the format its extension names.
+
+        subtype: soundfile subtype such as "PCM_16" or "FLOAT". None means PCM_16 where the
+        format stores it, else the format's default (VORBIS for OGG, MPEG_LAYER_III for MP3).
+        Raises InvalidArgumentError for a missing folder, an extension that names no writable
+        format, or a subtype the format cannot store.
+        """
         self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise InvalidArgumentError(f"output folder {str(self.path.parent)!r} does not exist")
+        if file_format is None:
+            file_format = writable_format(self.path)
+        if subtype is None:
+            subtype = "PCM_16" if sf.check_format(file_format, "PCM_16") else sf.default_subtype(file_format)
         self.sample_rate = sample_rate
         self.channels = channels
         self.subtype = subtype
@@ -186,10 +202,6 @@ class WavWriter:
         self.samples_written = 0
         self._integer = subtype in INTEGER_SUBTYPES
         self._partial = self.path.with_name(self.path.name + ".partial")
-        if not self.path.parent.is_dir():
-            raise InvalidArgumentError(f"output folder {str(self.path.parent)!r} does not exist")
-        if file_format is None:
-            file_format = _format_for(self.path)
         try:
             self._file = sf.SoundFile(
                 str(self._partial), "w", samplerate=sample_rate, channels=channels, subtype=subtype, format=file_format
@@ -234,10 +246,34 @@ class WavWriter:
             self.abort()
 
 
-def _format_for(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    formats = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "aiff": "AIFF", "aif": "AIFF"}
-    return formats.get(suffix, "WAV")
+def writable_formats() -> dict[str, str]:
+    """Return the output extensions (".wav") and soundfile formats that this libsndfile can write.
+
+    MP3 needs libsndfile 1.1 or later, so builds differ in what they list.
+    """
+    available = sf.available_formats()
+    return {extension: name for extension, name in OUTPUT_EXTENSIONS.items() if name in available}
+
+
+def writable_format(path: str | os.PathLike) -> str:
+    """Return the soundfile format that the extension of `path` names, such as "FLAC" for out.flac.
+
+    Raises InvalidArgumentError, naming the extensions that can be written, when the extension is
+    missing, unknown, or names a format this libsndfile cannot write.
+    """
+    suffix = Path(path).suffix.lower()
+    writable = writable_formats()
+    if suffix in writable:
+        return writable[suffix]
+
+    choices = ", ".join(writable)
+    if not suffix:
+        problem = "has no extension to choose the audio format by"
+    elif suffix in OUTPUT_EXTENSIONS:
+        problem = f"needs {OUTPUT_EXTENSIONS[suffix]}, which libsndfile {sf.__libsndfile_version__} cannot write"
+    else:
+        problem = f"has extension {suffix}, which names no audio format"
+    raise InvalidArgumentError(f"output {str(path)!r} {problem}: name it with one of {choices}")
 
 
 class AudioFileSink:
@@ -245,15 +281,26 @@ class AudioFileSink:
 
     Each block is also passed on, so a later stage (speakers, say) can play what is written.
 
-    An interrupted run (cancellation) still closes a valid file holding what arrived; an error
-    in the pipeline removes the partial file.
+    keep_on_cancel: what a cancelled run (Ctrl-C, SIGTERM) leaves. True suits live sources,
+    where stopping is the normal end: the file is closed, valid, with what arrived. False suits
+    file inputs: the partial file is removed and an earlier file at `path` stays as it was.
+    An error in the pipeline removes the partial file either way.
     """
 
-    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str = "PCM_16") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sample_rate: int,
+        channels: int,
+        subtype: str | None = None,
+        *,
+        keep_on_cancel: bool,
+    ) -> None:
         self.path = path
         self.sample_rate = sample_rate
         self.channels = channels
         self.subtype = subtype
+        self.keep_on_cancel = keep_on_cancel
         self.writer: WavWriter | None = None
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
@@ -267,8 +314,7 @@ class AudioFileSink:
                     await send.send(block)
             ok = True
         except BaseException as exc:
-            # Cancellation (Ctrl-C) keeps what was decoded; a real error leaves no file.
-            ok = _is_cancellation(exc)
+            ok = self.keep_on_cancel and _is_cancellation(exc)
             raise
         finally:
             if ok:

@@ -11,7 +11,6 @@ import functools
 import logging
 import os
 import sys
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ import torch
 
 from ecdc_stream.container import acv4
 from ecdc_stream.errors import InvalidArgumentError
-from ecdc_stream.io.audio_files import AudioFileSink, file_source
+from ecdc_stream.io.audio_files import AudioFileSink, file_source, writable_format
 from ecdc_stream.io.stdio import StreamSink, read_stream_blocks, stream_source
+from ecdc_stream.io.temporary_files import create_beside
 from ecdc_stream.model.streaming import DEFAULT_GRID_FRAMES
 from ecdc_stream.pipeline.core import Pipeline, Stage
 from ecdc_stream.pipeline.progress import ProgressStage
@@ -192,10 +192,7 @@ def _atomic_output(path: Path, stack: ExitStack) -> tuple[BinaryIO, Any]:
 
     Unless that function runs, the temporary file is removed when `stack` closes.
     """
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidArgumentError(f"output folder {str(directory)!r} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+    handle, temporary = create_beside(path)
     fo = os.fdopen(handle, "w+b")
     state = {"done": False}
 
@@ -270,7 +267,7 @@ def decode_file(
     end_seconds: float | None = None,
     output_format: str | None = None,
     rate: int | None = None,
-    subtype: str = "PCM_16",
+    subtype: str | None = None,
     weights_dir: str | os.PathLike | None = None,
     device: str | None = None,
     model: torch.nn.Module | None = None,
@@ -281,9 +278,12 @@ def decode_file(
 ) -> DecodeReport:
     """Decode an acv=4 .ecdc stream to audio through the streaming decode pipeline.
 
-    input_path: .ecdc file or "-" for standard input. output_path: an audio file (format by its
-    extension, `subtype` such as "PCM_16" or "FLOAT") or "-" for standard output as
-    `output_format` "wav" (default), "s16le" or "f32le".
+    input_path: .ecdc file or "-" for standard input. output_path: an audio file, in the format
+    its extension names (see `writable_format`), or "-" for standard output as `output_format`
+    "wav" (default), "s16le" or "f32le". A failed run leaves no file at output_path, and an
+    earlier file there as it was. So does an interrupted one from a file, but one from standard
+    input keeps a valid file with what arrived.
+    subtype: soundfile subtype such as "PCM_16" or "FLOAT" (default: see `WavWriter`).
     start_seconds, end_seconds: decode only this part; only the chunks that hold it are read
     past their frame header and decoded.
     rate: resample the output to this many Hz (default: the model's rate).
@@ -292,6 +292,8 @@ def decode_file(
     """
     if rate is not None and not 1000 <= rate <= 768_000:
         raise InvalidArgumentError(f"--rate must be between 1000 and 768000 Hz, got {rate}")
+    if str(output_path) != STDIO:
+        writable_format(output_path)
     with ExitStack() as stack:
         fo, params = open_ecdc_input(input_path, stack, stdin)
         sinks: list[Any] = []
@@ -300,7 +302,10 @@ def decode_file(
             if str(output_path) == STDIO:
                 sink: Any = StreamSink(output_format or "wav", sample_rate, channels, stdout)
             else:
-                sink = AudioFileSink(output_path, sample_rate, channels, subtype)
+                # Standard input may be a live stream (`record - | decode - OUT`) that Ctrl-C
+                # normally ends, so a cancelled run keeps what arrived. From a file it leaves no OUT.
+                live = str(input_path) == STDIO
+                sink = AudioFileSink(output_path, sample_rate, channels, subtype, keep_on_cancel=live)
             sinks.append(sink)
             return sink
 
