@@ -129,12 +129,13 @@ def test_play_into_null_sink_is_captured_by_record(tiny_models, golden_dir, tmp_
         pytest.skip("no PulseAudio server is reachable (run .ci/pulseaudio.sh)")
     assert any(device.max_output_channels > 0 for device in list_devices())
 
-    # 6 s of audio: longer than the speakers' 1 s buffer, so playback must start before the
-    # decoder is done.
+    # 14 s of audio. After the decoder, the pipeline holds at most about 8.5 s: three streams of
+    # 4 blocks of 0.5 s, one block in each stage's hands and the speakers' 1 s buffer. So
+    # playback must start before the decoder is done, however fast the decoder is.
     model = load_model("tiny_24khz")
     source, rate = sf.read(golden_dir / "tiny_24khz" / "input.wav", dtype="float32")
     long_input = tmp_path / "input.wav"
-    sf.write(long_input, np.tile(source, 3), rate, subtype="FLOAT")
+    sf.write(long_input, np.tile(source, 7), rate, subtype="FLOAT")
     stream = tmp_path / "in.ecdc"
     encode_file(long_input, stream, model=model, bandwidth=1.2, chunk_seconds=0.5)
     decoded = tmp_path / "decoded.wav"
