@@ -77,7 +77,7 @@ def build_loop(model, chunk_seconds: float, weights, source, entry_times: dict |
     coder = make_coder(model, model.target_bandwidths[2], chunk_seconds, weights_dir=weights)
     decoding = decoder_coder(coder.params, weights_dir=weights)
     encoder = ChunkEncoder(model, coder.params.num_codebooks, coder.params.chunk_frames)
-    decoder = ChunkDecoder(model)
+    decoder = ChunkDecoder(model, coder.params.chunk_frames)
     timers = {
         "encoder network": Timed(encoder.push),
         "entropy coding": Timed(coder.encode),

@@ -176,7 +176,7 @@ def run_full_part(weights: str | None) -> None:
     start = time.perf_counter()
     coder.decode(packets[0].data)
     single_seconds = time.perf_counter() - start
-    decoder = ChunkDecoder(model)
+    decoder = ChunkDecoder(model, encoding.params.chunk_frames)
     start = time.perf_counter()
     for chunk in chunks:
         decoder.push(chunk)

@@ -229,7 +229,7 @@ def decode_acv4_chunks(
     params, chunks = acv4.read_acv4(fo, source=source_name, coder=coder)
     model = cached_model(params.model, weights_dir, device)
 
-    decoder = ChunkDecoder(model)
+    decoder = ChunkDecoder(model, params.chunk_frames)
     concealer = Concealer(model.sample_rate, model.channels)
     blocks: list[np.ndarray] = []
 

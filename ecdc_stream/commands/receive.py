@@ -336,7 +336,7 @@ async def _receive_stream(
         pipeline.append("link", replay, 64)
         pipeline.append("jitter", jitter)
         pipeline.append("chunks", chunk_decoder)
-        pipeline.append("decoder", DecoderStage(ChunkDecoder(model)))
+        pipeline.append("decoder", DecoderStage(ChunkDecoder(model, params.chunk_frames)))
         pipeline.append("conceal", lambda r, s: conceal_stage(r, s, params.sample_rate, params.channels))
         pipeline.append("tap", tap)
         # The file sink passes each block on, so it goes first when both write and play.

@@ -87,9 +87,9 @@ class StampClock:
                 index += 1
 
 
-def decode_clean(model: Any, chunks: list[CodeChunk]) -> np.ndarray:
+def decode_clean(model: Any, chunks: list[CodeChunk], grid_frames: int) -> np.ndarray:
     """Decode every chunk with no loss, as the receiver's decoder does: audio `[C, n]` float32."""
-    decoder = ChunkDecoder(model)
+    decoder = ChunkDecoder(model, grid_frames)
     parts: list[np.ndarray] = []
     for chunk in chunks:
         parts += decoder.push(chunk)
@@ -275,7 +275,7 @@ async def _simulate(
         raise first_error(group_error) from None
 
     assert result is not None and result.audio is not None
-    clean = await anyio.to_thread.run_sync(decode_clean, model, encoding.counter.kept)
+    clean = await anyio.to_thread.run_sync(decode_clean, model, encoding.counter.kept, encoding.params.chunk_frames)
     extra = {
         "injected": injector.record.summary(),
         "fault_layer": fault_layer,

@@ -126,6 +126,12 @@ class ChunkDecoder:
     runs across chunk boundaries with its state; at a gap it is flushed (so the audio before
     the gap is complete) and a fresh one starts after it. A segmented model's overlap with the
     lost segment is emitted as it is and the gap shortened by as much.
+
+    grid_frames: the block of frames a causal model's decoder network runs on. A stream's
+    chunk length (`StreamParams.chunk_frames`) decodes each chunk in one block: it adds no
+    latency, since a chunk's codes arrive together, and runs about twice as fast as 10-frame
+    blocks. The audio depends on the grid in its float rounding only, so every decoder of the
+    same stream should use the same grid.
     """
 
     def __init__(self, model: torch.nn.Module, grid_frames: int = DEFAULT_GRID_FRAMES) -> None:

@@ -106,7 +106,7 @@ def decode_pipeline(
     coder: acv4.ChunkCoder,
     *,
     seek: SeekRange | None = None,
-    grid_frames: int = DEFAULT_GRID_FRAMES,
+    grid_frames: int | None = None,
     batch: int = 16,
     buffer_size: int = 4,
 ) -> Pipeline:
@@ -116,13 +116,14 @@ def decode_pipeline(
     sink: receives `AudioBlock`s at the model's rate (`AudioFileSink`, `Speakers`, `StreamSink`).
     seek: the chunk range the source reads; a "trim" stage then cuts the audio to it.
     batch: chunks entropy-decoded together when several are waiting; 1 for the least latency.
+    grid_frames: the decoder network's block of frames; by default the stream's chunk length.
     """
     params = coder.params
     stages = [
         NamedStage("source", source, buffer_size),
         # The stream into the entropy decoder holds a whole batch, so a file decodes in full batches.
         NamedStage("entropy_decoder", ChunkDecodeStage(coder, batch), max(buffer_size, batch)),
-        NamedStage("decoder", DecoderStage(ChunkDecoder(model, grid_frames)), buffer_size),
+        NamedStage("decoder", DecoderStage(ChunkDecoder(model, grid_frames or params.chunk_frames)), buffer_size),
         NamedStage(
             "concealment",
             functools.partial(conceal_stage, sample_rate=params.sample_rate, channels=params.channels),
