@@ -100,6 +100,30 @@ def test_decode_file_matches_offline_decode(models, golden_dir, tmp_path, case):
     np.testing.assert_allclose(decoded.T, offline.numpy(), atol=1e-4, rtol=0)
 
 
+def test_bytes_after_last_chunk_are_reported(models, golden_dir, tmp_path, caplog):
+    model = models["tiny_24khz"]
+    stream = tmp_path / "in.ecdc"
+    encode_file(input_path(golden_dir, "tiny_24khz"), stream, model=model, bandwidth=1.2, chunk_seconds=0.5)
+    clean = tmp_path / "clean.wav"
+    decode_file(stream, clean, model=model, subtype="FLOAT")
+
+    # A second copy of the stream appended, as `cat a.ecdc b.ecdc` would make.
+    appended = tmp_path / "appended.ecdc"
+    appended.write_bytes(stream.read_bytes() * 2)
+    out = tmp_path / "out.wav"
+    with caplog.at_level("WARNING"):
+        report = decode_file(appended, out, model=model, subtype="FLOAT")
+    assert f"ignored {stream.stat().st_size} bytes after the stream's last chunk" in caplog.text
+    assert report.gaps == 0
+    assert np.array_equal(sf.read(out, dtype="float32")[0], sf.read(clean, dtype="float32")[0])
+
+    # A seek that stops before the last chunk reads nothing after it, so it has nothing to report.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        decode_file(appended, out, model=model, end_seconds=0.5)
+    assert "after the stream's last chunk" not in caplog.text
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_seek_decodes_only_needed_chunks(models, golden_dir, tmp_path, case):
     model = models[case]

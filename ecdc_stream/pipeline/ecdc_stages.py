@@ -188,7 +188,8 @@ class EcdcSource:
     Reads from `fo` positioned after the header (`params` are the header's). Chunks before
     `seek.first` are skipped by their sequence number without being decoded, and reading stops
     after `seek.last`. Repeated chunks and chunks whose sequence number goes back are dropped.
-    With a known stream length, chunks missing at the end become gaps too.
+    With a known stream length, chunks missing at the end become gaps too. Bytes after the
+    stream's last chunk are ignored with a warning, for a file read to its end.
 
     chunks, gaps: counts after the run.
     """
@@ -203,6 +204,8 @@ class EcdcSource:
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
         done = object()
+        stream_bytes = acv4.remaining_bytes(self.fo)
+        consumed = 0  # bytes the reader has gone through: every chunk and damaged region so far
         reader = acv4.iter_framed_chunks(self.fo, self.params)
         expected = self.seek.first
         last = self.seek.last
@@ -216,6 +219,7 @@ class EcdcSource:
                 item = await anyio.to_thread.run_sync(next, reader, done)
                 if item is done:
                     break
+                consumed += item.length if isinstance(item, acv4.DamagedRegion) else len(item.data)
                 if isinstance(item, acv4.DamagedRegion):
                     damaged = True
                     log.warning("%s: skipped %d damaged bytes", self.source, item.length)
@@ -241,6 +245,12 @@ class EcdcSource:
             if last is not None and self.params.num_chunks is not None:
                 for sequence in range(expected, last + 1):
                     await self._send_gap(send, sequence, "corrupt" if damaged else "lost")
+
+        # Reading stopped at the last chunk. Anything after it (say, a second stream appended
+        # with `cat`) is not part of this stream; a file tells how much there is without reading it.
+        read_to_end = self.params.num_chunks is not None and last == self.params.num_chunks - 1
+        if read_to_end and stream_bytes is not None and stream_bytes > consumed:
+            log.warning("%s: ignored %d bytes after the stream's last chunk", self.source, stream_bytes - consumed)
 
     async def _send_gap(self, send: MemoryObjectSendStream, sequence: int, reason: str) -> None:
         self.gaps += 1
