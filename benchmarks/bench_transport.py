@@ -119,15 +119,13 @@ def run_link_part() -> None:
     print("a live stream of 1 s chunks needs 1 chunk/s; of 0.25 s chunks, 4 chunks/s")
 
 
-def run_full_part(weights: str | None) -> None:
-    from ecdc_stream.commands.receive import receive_stream
-    from ecdc_stream.commands.send import ChunkCounter, file_source_stage, load_sender_model, prepare_encoding
+def encode_recording(weights: str) -> tuple[Any, Any, list[Packet]]:
+    """Encode the 48 kHz recording at 6 kbps in 1 s chunks; return (model, encoding, framed chunks)."""
+    from ecdc_stream.commands.send import file_source_stage, load_sender_model, prepare_encoding
 
     model = load_sender_model("48khz", weights)
     source, total = file_source_stage(str(RECORDING_48K), model)
     encoding = prepare_encoding(model, 6.0, 1.0, weights=weights, total_samples=total)
-
-    # Encode once into framed chunks, then time only the receiver.
     packets: list[Packet] = []
 
     async def collect(receive, send):
@@ -138,28 +136,41 @@ def run_full_part(weights: str | None) -> None:
     pipeline = encoding.stages(source)
     pipeline.append("collect", collect)
     anyio.run(pipeline.run)
+    return model, encoding, packets
+
+
+async def send_to_receiver(encoding: Any, packets: list[Packet], source: Any, weights: str, output: Path | None = None) -> tuple[float, Any]:
+    """Send the chunks that `source` emits over UDP loopback to the receiver of `ecdc-stream receive`.
+
+    Returns the anyio time when the receiver finished, and its result.
+    """
+    from ecdc_stream.commands.receive import receive_stream
+    from ecdc_stream.commands.send import ChunkCounter
+
+    link = LinkDecoder()
+    receiver = UdpReceiver(parse_url("udp://127.0.0.1:0"), link, idle_timeout_s=5.0, linger_s=0.0)
+    port = await receiver.bind()
+    framer = LinkFramer(7, encoding.params.to_metadata(), ChunkCounter().totals, 4, MAX_FRAGMENT_BYTES)
+    framer.end_totals = lambda: (len(packets), encoding.counter.samples)
+    sender = UdpSender(parse_url(f"udp://127.0.0.1:{port}"))
+    result = None
+
+    async def run_receiver():
+        nonlocal result
+        result = await receive_stream(receiver, link, output=output, weights=weights, window_ms=200)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run_receiver)
+        await run_stages(source, framer, sender)
+    return anyio.current_time(), result
+
+
+def run_full_part(weights: str, model: Any, encoding: Any, packets: list[Packet]) -> None:
+    # Only the receiver is timed. The jitter buffer starts once the model is loaded; until then
+    # the chunks wait in the socket.
     seconds = encoding.counter.samples / model.sample_rate
-
-    async def measure() -> tuple[float, Any]:
-        link = LinkDecoder()
-        receiver = UdpReceiver(parse_url("udp://127.0.0.1:0"), link, idle_timeout_s=5.0, linger_s=0.0)
-        port = await receiver.bind()
-        framer = LinkFramer(7, encoding.params.to_metadata(), ChunkCounter().totals, 4, MAX_FRAGMENT_BYTES)
-        framer.end_totals = lambda: (len(packets), encoding.counter.samples)
-        sender = UdpSender(parse_url(f"udp://127.0.0.1:{port}"))
-        result = None
-
-        async def run_receiver():
-            nonlocal result
-            result = await receive_stream(receiver, link, weights=weights, window_ms=200)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_receiver)
-            await run_stages(list_source(packets), framer, sender)
-        # The jitter buffer starts once the model is loaded; the chunks wait in the socket.
-        return anyio.current_time() - result.stats.started_at, result
-
-    elapsed, result = anyio.run(measure)
+    finished_at, result = anyio.run(send_to_receiver, encoding, packets, list_source(packets), weights)
+    elapsed = finished_at - result.stats.started_at
     speed = seconds / elapsed
     print(f"\nfull receiver, 48 kHz model at 6 kbps, {seconds:.1f} s of audio in {len(packets)} chunks:")
     print(f"  {elapsed:.2f} s from the model being loaded to the last sample, {speed:.2f} s of audio per s")
@@ -207,47 +218,15 @@ def paced_source(packets: list[Packet], chunk_seconds: float, sent_at: list[tupl
     return source
 
 
-def run_live_part(weights: str) -> None:
-    from ecdc_stream.commands.receive import receive_stream
-    from ecdc_stream.commands.send import ChunkCounter, file_source_stage, load_sender_model, prepare_encoding
-
-    model = load_sender_model("48khz", weights)
-    source, total = file_source_stage(str(RECORDING_48K), model)
-    encoding = prepare_encoding(model, 6.0, 1.0, weights=weights, total_samples=total)
-    packets: list[Packet] = []
-
-    async def collect(receive, send):
-        async with receive, send:
-            async for packet in receive:
-                packets.append(packet)
-
-    pipeline = encoding.stages(source)
-    pipeline.append("collect", collect)
-    anyio.run(pipeline.run)
+def run_live_part(weights: str, model: Any, encoding: Any, packets: list[Packet]) -> None:
     seconds = encoding.counter.samples / model.sample_rate
     chunk_seconds = encoding.params.chunk_samples / model.sample_rate
-
-    async def measure(output: Path) -> tuple[float, list[tuple[float, float]], Any]:
-        link = LinkDecoder()
-        receiver = UdpReceiver(parse_url("udp://127.0.0.1:0"), link, idle_timeout_s=5.0, linger_s=0.0)
-        port = await receiver.bind()
-        framer = LinkFramer(7, encoding.params.to_metadata(), ChunkCounter().totals, 4, MAX_FRAGMENT_BYTES)
-        framer.end_totals = lambda: (len(packets), encoding.counter.samples)
-        sender = UdpSender(parse_url(f"udp://127.0.0.1:{port}"))
-        sent_at: list[tuple[float, float]] = []
-        result = None
-
-        async def run_receiver():
-            nonlocal result
-            result = await receive_stream(receiver, link, output=output, weights=weights, window_ms=200)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(run_receiver)
-            await run_stages(paced_source(packets, chunk_seconds, sent_at), framer, sender)
-        return anyio.current_time() - sent_at[-1][0], sent_at, result
+    sent_at: list[tuple[float, float]] = []
+    source = paced_source(packets, chunk_seconds, sent_at)
 
     with tempfile.TemporaryDirectory() as folder:
-        lag, sent_at, result = anyio.run(measure, Path(folder) / "received.wav")
+        finished_at, result = anyio.run(send_to_receiver, encoding, packets, source, weights, Path(folder) / "received.wav")
+    lag = finished_at - sent_at[-1][0]
 
     # The load is measured from the send of the chunk a third of the way in to the last one:
     # by then the model has loaded and the chunks that waited for it are decoded. The
@@ -277,8 +256,9 @@ def main() -> None:
         weights = tempfile.mkdtemp(prefix="ecdc_bench_weights_")
         print(f"\nwriting random checkpoints to {weights}")
         write_random_checkpoints(Path(weights), seed=0, audio_dir=RECORDING_48K.parent)
-    run_full_part(weights)
-    run_live_part(weights)
+    encoded = encode_recording(weights)
+    run_full_part(weights, *encoded)
+    run_live_part(weights, *encoded)
 
 
 if __name__ == "__main__":
