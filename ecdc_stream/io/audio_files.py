@@ -283,8 +283,12 @@ class AudioFileSink:
 
     keep_on_cancel: what a cancelled run (Ctrl-C, SIGTERM) leaves. True suits live sources,
     where stopping is the normal end: the file is closed, valid, with what arrived. False suits
-    file inputs: the partial file is removed and an earlier file at `path` stays as it was.
-    An error in the pipeline removes the partial file either way.
+    file inputs: the partial file is removed and an earlier file at `path` stays as it was,
+    after an error in any stage too.
+
+    NOTE: an error in another stage reaches this sink as the same cancellation as Ctrl-C, so
+    with keep_on_cancel=True it also leaves a valid file with what arrived, replacing an
+    earlier one.
     """
 
     def __init__(
@@ -304,6 +308,8 @@ class AudioFileSink:
         self.writer: WavWriter | None = None
 
     async def run(self, receive: MemoryObjectReceiveStream, send: MemoryObjectSendStream) -> None:
+        import anyio
+
         writer = WavWriter(self.path, self.sample_rate, self.channels, self.subtype)
         self.writer = writer
         ok = False
@@ -312,6 +318,11 @@ class AudioFileSink:
                 async for block in receive:
                     writer.write(block.samples)
                     await send.send(block)
+
+            # A stage before this one that fails also ends this stream, and its error cancels
+            # this task only once the task group hears of it. Yielding first lets that
+            # cancellation arrive before the file replaces an earlier one at `path`.
+            await anyio.sleep(0)
             ok = True
         except BaseException as exc:
             ok = self.keep_on_cancel and _is_cancellation(exc)
