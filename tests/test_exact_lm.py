@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -197,6 +198,44 @@ def test_torch_steps_equal_numpy_steps(real_size_state, monkeypatch):
     for frame, (expected, actual) in enumerate(zip(numpy_steps, torch_steps)):
         assert torch.equal(expected, actual), frame
     assert torch.equal(torch.stack(numpy_steps, dim=1), numpy_lm.logits(codes))
+
+
+def blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
+
+
+def test_concurrent_steps_restore_blas_threads(real_size_lm):
+    # Steps run numpy's BLAS on one thread. With several threads stepping at once, the setting
+    # must come back to what it was when the last one is done, and every thread's logits stay right.
+    # NOTE: this run did not reproduce the race of a per-step save and restore, which left the
+    # setting at one thread after two concurrent decodes of the published-size 24 kHz stream.
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    lm = real_size_lm
+    codes = torch.from_numpy(hashed_codes(8, 20, 1024, salt=11)).unsqueeze(0)
+    expected = lm.logits(codes)
+    switch_interval = sys.getswitchinterval()
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        results: list[torch.Tensor] = []
+        threads = [threading.Thread(target=lambda: results.append(stepwise_logits(lm, codes))) for _ in range(4)]
+        # Switching threads every microsecond makes their steps overlap in every order.
+        sys.setswitchinterval(1e-6)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            sys.setswitchinterval(switch_interval)
+        assert blas_threads() == before
+    assert len(results) == 4
+    for logits in results:
+        assert torch.equal(logits, expected)
 
 
 def test_batch_equals_single(golden_lm):

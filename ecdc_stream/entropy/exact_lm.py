@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Union
@@ -197,20 +198,39 @@ class _NumpyOps:
         return np.swapaxes(x, -1, -2)
 
 
-_blas_controller: ThreadpoolController | None = None
-
-
-def _single_threaded_blas():
-    """Return a context that runs numpy's BLAS on one thread, restoring its setting on exit.
+class _SingleThreadedBlas:
+    """A context that runs numpy's BLAS on one thread, shared by every thread of the process.
 
     A step's products are too small to share between threads: on two cores, OpenBLAS's second
-    thread made a step slower and doubled its CPU time. The controller is created once because
-    looking up the loaded libraries takes milliseconds; entering the context takes microseconds.
+    thread made a step slower and doubled its CPU time. The BLAS thread count is one setting of
+    the whole process, so the first step to enter lowers it and the last to leave restores it;
+    in between, numpy in other threads also runs BLAS on one thread. The threadpoolctl
+    controller is created once, because looking up the loaded libraries takes milliseconds.
     """
-    global _blas_controller
-    if _blas_controller is None:
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._controller: ThreadpoolController | None = None
+        self._limiter = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                if self._controller is None:
+                    self._controller = ThreadpoolController()
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._users += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_single_threaded_blas = _SingleThreadedBlas()
 
 
 def _ops_of(x: Array) -> type[_TorchOps] | type[_NumpyOps]:
@@ -789,7 +809,7 @@ class ExactLM:
             self._grow(state)
         first_key = max(0, slot - self.past_context)
 
-        with _single_threaded_blas():
+        with _single_threaded_blas:
             x = network.embed(inputs, self._position_rows(frame, frame + 1, as_numpy=self._steps_in_numpy))
             for index, layer in enumerate(network.layers):
                 queries, keys, values = network.project(layer, x)
