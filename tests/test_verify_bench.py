@@ -10,6 +10,8 @@ import pytest
 import soundfile as sf
 
 from ecdc_stream.cli import main
+from ecdc_stream.commands.verify import available_settings
+from ecdc_stream.entropy.exact_lm import ExactLM
 
 
 @pytest.fixture
@@ -28,6 +30,24 @@ def test_verify_identical_settings(capsys, tiny_stream):
     assert "identical codes in every setting" in out
     assert "1 thread" in out
     assert "one chunk at a time" in out
+
+
+def test_verify_reencodes_to_same_bytes(capsys, tiny_stream):
+    assert main(["verify", str(tiny_stream)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("encodes to the same bytes") == len(available_settings())
+
+
+def test_verify_reports_encoder_disagreement(capsys, tiny_stream, monkeypatch):
+    # Shift the logits of the encoder's path (all frames at once) only: decoding, which steps
+    # frame by frame, still gives the file's codes, but they no longer encode to the file's bytes.
+    original = ExactLM.output_logits
+    monkeypatch.setattr(ExactLM, "output_logits", lambda self, hidden: original(self, hidden) * 2)
+    assert main(["verify", str(tiny_stream)]) == 1
+    out = capsys.readouterr().out
+    assert "identical codes in every setting" not in out
+    assert "chunks encode to other bytes" in out
+    assert "encoder and decoder disagree" in out
 
 
 def test_verify_rejects_raw_stream(capsys, tmp_path, golden_dir, tiny_models):

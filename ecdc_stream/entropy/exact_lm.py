@@ -564,6 +564,7 @@ class ExactLM:
 
         self.network = self._convert(state_dict, round(Fraction(1 << TEMPERATURE_BITS) / Fraction(temperature)))
         self._step_network = self.network.to_numpy() if self.device.type == "cpu" else self.network
+        self._position_lock = threading.Lock()
         self._position_table = np.zeros((0, self.dim), dtype=np.int64)
         self._positions: Array = torch.zeros(0, self.dim, dtype=torch.int64, device=self.device)
         self._fingerprint: str | None = None
@@ -688,12 +689,15 @@ class ExactLM:
 
     def _position_rows(self, start: int, stop: int, as_numpy: bool) -> Array:
         """Return the sinusoidal position embeddings of positions start..stop, int64 `[T, dim]`."""
-        if self._position_table.shape[0] < stop:
-            length = max(stop, 2 * self._position_table.shape[0], 256)
-            self._position_table = tables.sinusoid_table(self.dim, length, ACT_FRAC_BITS, MAX_PERIOD).copy()
-            self._positions = torch.from_numpy(self._position_table).to(self.device)
-        table = self._position_table if as_numpy else self._positions
-        return table[start:stop]
+        # Threads may share one LM (the API caches coders), so growing the table and reading it
+        # happen under a lock: otherwise a shorter table made at the same time could replace it.
+        with self._position_lock:
+            if self._position_table.shape[0] < stop:
+                length = max(stop, 2 * self._position_table.shape[0], 256)
+                self._position_table = tables.sinusoid_table(self.dim, length, ACT_FRAC_BITS, MAX_PERIOD).copy()
+                self._positions = torch.from_numpy(self._position_table).to(self.device)
+            table = self._position_table if as_numpy else self._positions
+            return table[start:stop]
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Map final hidden states int64 `[B, T, dim]` to logits int64 `[B, T, K, card]`.
