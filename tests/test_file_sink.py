@@ -48,6 +48,14 @@ async def discard(receive, send):
             pass
 
 
+def assert_stage_failed(raised: pytest.ExceptionInfo) -> None:
+    """Check that the run ended with the stage's error, alone or in an exception group."""
+    if isinstance(raised.value, BaseExceptionGroup):
+        assert raised.group_contains(StageFailed)
+    else:
+        assert raised.type is StageFailed
+
+
 @pytest.mark.parametrize("blocks_before_failure", [0, 1, 3])
 @pytest.mark.parametrize("in_thread", [False, True], ids=["loop", "thread"])
 def test_failure_keeps_earlier_file(tmp_path, blocks_before_failure, in_thread):
@@ -57,7 +65,7 @@ def test_failure_keeps_earlier_file(tmp_path, blocks_before_failure, in_thread):
 
     with pytest.raises(BaseException) as raised:
         anyio.run(run_stages, failing_stage(blocks_before_failure, in_thread), sink, discard)
-    assert raised.group_contains(StageFailed) if isinstance(raised.value, BaseExceptionGroup) else raised.type is StageFailed
+    assert_stage_failed(raised)
     assert path.read_bytes() == EARLIER
     assert [item.name for item in tmp_path.iterdir()] == ["out.wav"]
 
@@ -67,8 +75,9 @@ def test_failure_two_stages_upstream_keeps_earlier_file(tmp_path):
     path.write_bytes(EARLIER)
     sink = AudioFileSink(path, RATE, 1, keep_on_cancel=False)
 
-    with pytest.raises(BaseException):
+    with pytest.raises(BaseException) as raised:
         anyio.run(run_stages, failing_stage(0, False), forward, forward, sink, discard)
+    assert_stage_failed(raised)
     assert path.read_bytes() == EARLIER
 
 

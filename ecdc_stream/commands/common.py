@@ -74,6 +74,12 @@ def check_time_range(start: float, end: float | None) -> None:
         raise InvalidArgumentError(f"--end ({end} s) must be later than --start ({start} s)")
 
 
+def check_fault_layer(fault_layer: str) -> None:
+    """Raise InvalidArgumentError unless `fault_layer` is one of FAULT_LAYERS."""
+    if fault_layer not in FAULT_LAYERS:
+        raise InvalidArgumentError(f"fault layer {fault_layer!r} is not one of {', '.join(FAULT_LAYERS)}")
+
+
 def append_link_stages(pipeline: Pipeline, framer: Stage, injector: Stage | None, fault_layer: str) -> None:
     """Append the link framer to `pipeline`, with the fault injector on the side that `fault_layer` names.
 
@@ -82,8 +88,7 @@ def append_link_stages(pipeline: Pipeline, framer: Stage, injector: Stage | None
     messages themselves: headers, fragments and end messages. With no injector only the framer
     is appended. Raises InvalidArgumentError for any other layer.
     """
-    if fault_layer not in FAULT_LAYERS:
-        raise InvalidArgumentError(f"fault layer {fault_layer!r} is not one of {', '.join(FAULT_LAYERS)}")
+    check_fault_layer(fault_layer)
     if injector is not None and fault_layer == "chunk":
         pipeline.append("faults", injector)
     pipeline.append("link", framer)

@@ -29,9 +29,9 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ecdc_stream.commands.common import (
-    FAULT_LAYERS,
     add_model_options,
     append_link_stages,
+    check_fault_layer,
     check_output_is_not_input,
     weights_dir,
 )
@@ -153,8 +153,7 @@ async def simulate(
     handle_signals: on the main thread, the first SIGINT or SIGTERM cancels the run, which then
     raises KeyboardInterrupt.
     """
-    if fault_layer not in FAULT_LAYERS:
-        raise InvalidArgumentError(f"fault layer {fault_layer!r} is not one of {', '.join(FAULT_LAYERS)}")
+    check_fault_layer(fault_layer)
     target = None if output is None else Path(output)
     if target is not None:
         # Check the real name: the temporary one would show up in the error.

@@ -203,8 +203,8 @@ class _SingleThreadedBlas:
 
     A step's products are too small to share between threads: on two cores, OpenBLAS's second
     thread made a step slower and doubled its CPU time. The BLAS thread count is one setting of
-    the whole process, so the first step to enter lowers it and the last to leave restores it;
-    in between, numpy in other threads also runs BLAS on one thread. The threadpoolctl
+    the whole process, so the first step to enter lowers it and the last to leave restores it.
+    In between, numpy in other threads also runs BLAS on one thread. The threadpoolctl
     controller is created once, because looking up the loaded libraries takes milliseconds.
     """
 
@@ -392,7 +392,7 @@ class _Layer:
 class _Network:
     """The integer weights and tables of the LM in one array library, and the arithmetic of its layers.
 
-    Every array is a torch tensor on one device, or every array is a numpy array; the methods
+    Every array is a torch tensor on one device, or every array is a numpy array. The methods
     take and return the same kind. `embeddings` is int64 `[K, card + 1, dim]` at
     2^ACT_FRAC_BITS, and `output` maps `dim` to the K * card logits of all codebooks.
     """

@@ -246,8 +246,8 @@ class EcdcSource:
                 for sequence in range(expected, last + 1):
                     await self._send_gap(send, sequence, "corrupt" if damaged else "lost")
 
-        # Reading stopped at the last chunk. Anything after it (say, a second stream appended
-        # with `cat`) is not part of this stream; a file tells how much there is without reading it.
+        # Reading stopped at the last chunk. Anything after it, such as a second stream appended
+        # with `cat`, is not part of this stream. The file's size gives its length without reading it.
         read_to_end = self.params.num_chunks is not None and last == self.params.num_chunks - 1
         if read_to_end and stream_bytes is not None and stream_bytes > consumed:
             log.warning("%s: ignored %d bytes after the stream's last chunk", self.source, stream_bytes - consumed)
