@@ -23,11 +23,26 @@ from ecdc_stream.model import LM_CHECKPOINTS, MODEL_CHECKPOINTS, EncodecConfig, 
 from ecdc_stream.model.random_weights import write_random_checkpoints
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "audio"
+# The recordings live outside the repository: in the shared folder beside the clone, or where
+# ECDC_STREAM_TEST_AUDIO points.
+AUDIO_DIR = Path(os.environ.get("ECDC_STREAM_TEST_AUDIO") or Path(__file__).resolve().parents[2] / "shared" / "audio")
+RECORDINGS = ("test_24k.wav", "test_48k.wav")
 TINY_CASES = ("tiny_24khz", "tiny_48khz")
 
 # Port 9 (discard) on loopback: a download attempt fails at once with "connection refused".
 UNREACHABLE_URL = "http://127.0.0.1:9/"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The random checkpoints and many tests read the recordings, so without them the suite would
+    # fail in dozens of places. One message says what is missing instead.
+    missing = [name for name in RECORDINGS if not (AUDIO_DIR / name).is_file()]
+    if missing:
+        pytest.exit(
+            f"test recordings {', '.join(missing)} not found in {AUDIO_DIR}: clone the repository beside "
+            "the shared folder, or set ECDC_STREAM_TEST_AUDIO to the folder that holds them",
+            returncode=4,
+        )
 
 
 def tiny_config(case: str) -> EncodecConfig:
